@@ -1,0 +1,21 @@
+"""mmdflow: kernel-discrepancy (MMD / Sobolev) gradient flows in JAX.
+
+Layers (no upward imports): ``kernels`` -> ``ops`` -> ``mmd`` (MMD^2, witness)
+-> ``flows`` -> ``train``.
+"""
+
+from mmdflow import kernels, ops
+from mmdflow.kernels import median_bandwidth
+from mmdflow.mmd import mmd2, mmd2_variance, witness, witness_grad
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "kernels",
+    "ops",
+    "median_bandwidth",
+    "mmd2",
+    "mmd2_variance",
+    "witness",
+    "witness_grad",
+]

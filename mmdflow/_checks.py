@@ -1,0 +1,106 @@
+"""Trace-time input validation shared by every layer.
+
+All checks here look only at static information (shapes, dtypes) or at
+*concrete* values; traced values are never inspected, so every function is
+safe to call inside ``jax.jit``. Errors are ``ValueError`` naming the argument
+and its shape.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def shape_of(a) -> tuple:
+    return tuple(np.shape(a))
+
+
+def check_points(name: str, x, *, d: int | None = None, other: str = "x", min_n: int = 1):
+    """Validates a point set ``[n, d]`` and returns it as a floating JAX array."""
+    if not hasattr(x, "shape"):
+        x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(
+            f"`{name}` must be a 2-D array of points with shape [n, d]; got shape {shape_of(x)}."
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(
+            f"`{name}` must have a floating dtype (float32/float64/bfloat16); got {x.dtype} "
+            f"with shape {shape_of(x)}."
+        )
+    if x.shape[0] < min_n:
+        what = "empty" if x.shape[0] == 0 else f"too small (needs at least {min_n} points)"
+        raise ValueError(f"`{name}` is {what}: shape {shape_of(x)}.")
+    if x.shape[1] == 0:
+        raise ValueError(f"`{name}` has zero dimensions: shape {shape_of(x)}.")
+    if d is not None and x.shape[1] != d:
+        raise ValueError(
+            f"`{name}` has dimension d={x.shape[1]} but `{other}` has d={d}: "
+            f"shapes {shape_of(x)} vs [*, {d}]."
+        )
+    return jnp.asarray(x)
+
+
+def check_weights(name: str, w, n: int, points: str):
+    """Validates weights ``[n]`` or ``[n, k]`` for a point set of size ``n``."""
+    if not hasattr(w, "shape"):
+        w = np.asarray(w)
+    if w.ndim not in (1, 2) or w.shape[0] != n:
+        raise ValueError(
+            f"`{name}` must have shape [{n}] or [{n}, k] to match `{points}` with {n} points; "
+            f"got shape {shape_of(w)}."
+        )
+    if not (jnp.issubdtype(w.dtype, jnp.floating) or jnp.issubdtype(w.dtype, jnp.integer)):
+        raise ValueError(f"`{name}` must be numeric; got dtype {w.dtype}.")
+    return jnp.asarray(w)
+
+
+def check_block_size(block_size) -> tuple[int, int]:
+    if isinstance(block_size, numbers.Integral):
+        bs = (int(block_size), int(block_size))
+    else:
+        try:
+            bs = tuple(int(b) for b in block_size)
+        except TypeError:
+            bs = ()
+        if len(bs) != 2:
+            raise ValueError(f"`block_size` must be an int or a pair of ints; got {block_size!r}.")
+    if min(bs) < 1:
+        raise ValueError(f"`block_size` must be positive; got {block_size!r}.")
+    return bs
+
+
+def is_concrete(v) -> bool:
+    return not isinstance(v, jax.core.Tracer)
+
+
+def concrete_array(v):
+    """Returns ``np.asarray(v)`` for concrete numeric values, else ``None``."""
+    if v is None or not is_concrete(v):
+        return None
+    leaves = jax.tree_util.tree_leaves(v)
+    if any(not is_concrete(leaf) for leaf in leaves):
+        return None
+    try:
+        a = np.asarray(v)
+    except Exception:  # noqa: BLE001 - sentinels used by jax transformations
+        return None
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        return None
+    return a
+
+
+def check_positive(cls: str, name: str, v):
+    a = concrete_array(v)
+    if a is None:
+        return
+    if a.size == 0:
+        raise ValueError(f"{cls}: `{name}` is empty (shape {a.shape}).")
+    if not np.all(np.isfinite(a)) or np.any(a <= 0):
+        raise ValueError(
+            f"{cls}: `{name}` must be finite and > 0; got {a.tolist()} (shape {a.shape})."
+        )

@@ -1,0 +1,141 @@
+"""Kernels: point-wise values, block forms, pytree structure, validation, median heuristic."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _cases import NAMES, case
+from _refs import grad_x as ref_grad_x
+from _refs import gram as ref_gram
+
+import mmdflow
+from mmdflow import kernels, ops
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("d", [1, 3, 12])
+def test_gram_matches_numpy_float64(name, d, rng):
+    k, p = case(name, d)
+    x = rng.normal(size=(7, d))
+    y = rng.normal(size=(5, d))
+    want = ref_gram(name, x, y, p)
+    np.testing.assert_allclose(ops.gram(k, x, y), want, rtol=1e-12, atol=1e-12)
+    # the fast block form used by the blocked path
+    np.testing.assert_allclose(
+        k.gram_block(jnp.asarray(x), jnp.asarray(y)), want, rtol=1e-10, atol=1e-10
+    )
+    # point-wise call
+    np.testing.assert_allclose(k(jnp.asarray(x[0]), jnp.asarray(y[1])), want[0, 1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pointwise_gradient_matches_hand_derived(name, rng):
+    d = 3
+    k, p = case(name, d)
+    x = rng.normal(size=(4, d))
+    y = rng.normal(size=(6, d))
+    want = ref_grad_x(name, x, y, p)
+    got = jax.vmap(lambda xi: jax.vmap(lambda yj: jax.grad(k)(xi, yj))(jnp.asarray(y)))(
+        jnp.asarray(x)
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "k", [kernels.Energy(), kernels.Laplace(1.0), kernels.Gaussian(1.0) + kernels.Energy()]
+)
+def test_no_nan_gradient_at_coincident_points(k):
+    x = jnp.array([[0.3, -0.2], [1.0, 2.0]])
+    g = jax.grad(lambda x: jnp.sum(ops.gram(k, x, x)))(x)
+    assert np.all(np.isfinite(g))
+    gb = ops.kernel_grad_matvec(k, x, x, jnp.ones(2), impl="blocked")
+    gd = ops.kernel_grad_matvec(k, x, x, jnp.ones(2), impl="dense")
+    assert np.all(np.isfinite(gb)) and np.all(np.isfinite(gd))
+    np.testing.assert_allclose(gb, gd, rtol=1e-10, atol=1e-12)
+
+
+def test_hyperparameters_are_traced_leaves_and_structure_is_static():
+    assert jax.tree_util.tree_leaves(kernels.Gaussian(2.0)) == [2.0]
+    leaves = jax.tree_util.tree_leaves(kernels.Polynomial(3, scale=0.5, offset=1.0))
+    assert leaves == [0.5, 1.0]  # degree is static metadata
+    td1 = jax.tree_util.tree_structure(kernels.Polynomial(3, scale=0.5))
+    td2 = jax.tree_util.tree_structure(kernels.Polynomial(2, scale=0.5))
+    assert td1 != td2
+    s = kernels.Gaussian(1.0) + 3.0 * kernels.IMQ(2.0)
+    assert sorted(jax.tree_util.tree_leaves(s)) == [-0.5, 1.0, 2.0, 3.0]
+    # round trip through flatten/unflatten keeps every value
+    leaves, td = jax.tree_util.tree_flatten(s)
+    s2 = jax.tree_util.tree_unflatten(td, leaves)
+    x = jnp.ones(2)
+    assert float(s2(x, 2 * x)) == pytest.approx(float(s(x, 2 * x)))
+
+
+def test_new_bandwidth_does_not_retrace():
+    traces = []
+
+    @jax.jit
+    def f(k, x, y):
+        traces.append(1)
+        return mmdflow.mmd2(x, y, k)
+
+    x = jnp.ones((5, 2), jnp.float32)
+    y = jnp.zeros((6, 2), jnp.float32)
+    vals = [float(f(kernels.Gaussian(bw), x, y)) for bw in (0.5, 1.0, 2.0)]
+    assert len(traces) == 1
+    assert len(set(vals)) == 3  # the value really changed
+    traces.clear()
+    for bws in ((0.5, 1.0), (0.7, 3.0)):
+        f(kernels.MixtureRBF(bws), x, y)
+    assert len(traces) == 1
+
+
+def test_bandwidth_gradient_matches_finite_differences(rng):
+    x = jnp.asarray(rng.normal(size=(20, 2)))
+    y = jnp.asarray(rng.normal(size=(15, 2)) + 0.5)
+
+    def f(bw, impl):
+        return mmdflow.mmd2(x, y, kernels.Gaussian(bw), impl=impl, block_size=8)
+
+    for impl in ("dense", "blocked"):
+        g = jax.grad(f)(0.8, impl)
+        h = 1e-5
+        fd = (f(0.8 + h, impl) - f(0.8 - h, impl)) / (2 * h)
+        np.testing.assert_allclose(g, fd, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: kernels.Gaussian(0.0), "bandwidth"),
+        (lambda: kernels.Gaussian(-1.0), "bandwidth"),
+        (lambda: kernels.Gaussian(float("nan")), "bandwidth"),
+        (lambda: kernels.Laplace(-2.0), "bandwidth"),
+        (lambda: kernels.MixtureRBF((1.0, -1.0)), "bandwidths"),
+        (lambda: kernels.MixtureRBF((1.0, 2.0), weights=(1.0,)), "weights"),
+        (lambda: kernels.IMQ(1.0, beta=0.5), "beta"),
+        (lambda: kernels.IMQ(0.0), "scale"),
+        (lambda: kernels.RationalQuadratic(1.0, alpha=0.0), "alpha"),
+        (lambda: kernels.Polynomial(0), "degree"),
+        (lambda: kernels.Polynomial(2.5), "degree"),
+        (lambda: kernels.Scaled(kernels.Gaussian(1.0), -1.0), "scale"),
+        (lambda: kernels.Sum(()), "kernels"),
+        (lambda: kernels.Sum((kernels.Gaussian(1.0), 3.0)), "Kernel"),
+    ],
+)
+def test_invalid_hyperparameters_raise(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_median_bandwidth_matches_numpy(rng):
+    x = rng.normal(size=(40, 3))
+    y = rng.normal(size=(30, 3)) * 2
+    z = np.concatenate([x, y])
+    dist = np.sqrt(((z[:, None] - z[None]) ** 2).sum(-1))
+    want = np.median(dist[np.triu_indices(len(z), 1)])
+    np.testing.assert_allclose(mmdflow.median_bandwidth(x, y), want, rtol=1e-12)
+    # jit-able, and subsampling keeps it in the right range
+    big = rng.normal(size=(5000, 2))
+    mb = float(jax.jit(mmdflow.median_bandwidth)(big))
+    assert 1.3 < mb < 2.0  # median distance of two standard 2-D normals is ~1.67
+    assert np.isnan(mmdflow.median_bandwidth(np.array([[0.0], [np.nan], [1.0]])))

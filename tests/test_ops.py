@@ -1,0 +1,140 @@
+"""Kernel sums: dense and blocked paths vs float64 NumPy, fp32 accuracy, gradients, memory."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _cases import NAMES, case
+from _refs import grad_x as ref_grad_x
+from _refs import gram as ref_gram
+from jax.test_util import check_grads
+
+import mmdflow
+from mmdflow import kernels, ops
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("impl", ["dense", "blocked"])
+@pytest.mark.parametrize("d", [2, 11])
+def test_matvec_and_grad_matvec_match_numpy_float64(name, impl, d, rng):
+    # n, m not multiples of the block size; rectangular blocks
+    n, m = 37, 53
+    k, p = case(name, d)
+    x = rng.normal(size=(n, d))
+    y = rng.normal(size=(m, d)) + 0.3
+    w = rng.normal(size=(m,))
+    w3 = rng.normal(size=(m, 3))
+    kw = dict(impl=impl, block_size=(16, 10))
+    K = ref_gram(name, x, y, p)
+    G = ref_grad_x(name, x, y, p)
+    np.testing.assert_allclose(ops.kernel_matvec(k, x, y, w, **kw), K @ w, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(ops.kernel_matvec(k, x, y, w3, **kw), K @ w3, rtol=1e-10, atol=1e-10)
+    got = ops.kernel_grad_matvec(k, x, y, w, **kw)
+    assert got.shape == (n, d)
+    np.testing.assert_allclose(got, np.einsum("ijd,j->id", G, w), rtol=1e-10, atol=1e-10)
+    got3 = ops.kernel_grad_matvec(k, x, y, w3, **kw)
+    assert got3.shape == (n, 3, d)
+    np.testing.assert_allclose(got3, np.einsum("ijd,jc->icd", G, w3), rtol=1e-10, atol=1e-10)
+
+
+def _rel(got, want):
+    return np.max(np.abs(np.asarray(got, np.float64) - want)) / np.max(np.abs(want))
+
+
+@pytest.mark.parametrize("impl", ["dense", "blocked"])
+@pytest.mark.parametrize(("d", "shift"), [(2, 0.0), (3, 50.0), (64, 0.0), (64, 20.0)])
+def test_float32_accuracy_vs_float64(impl, d, shift, rng):
+    """fp32 results are within 1e-5 (relative to the largest entry) of float64."""
+    n, m = 300, 400
+    x = (rng.normal(size=(n, d)) + shift).astype(np.float32)
+    y = (rng.normal(size=(m, d)) * 1.1 + shift).astype(np.float32)
+    w = rng.uniform(size=(m,)).astype(np.float32)
+    bw = float(np.sqrt(d))
+    k = kernels.Gaussian(bw)
+    p = {"bw": bw}
+    K = ref_gram("gaussian", x, y, p)
+    G = np.einsum("ijd,j->id", ref_grad_x("gaussian", x, y, p), w.astype(np.float64))
+    mv = ops.kernel_matvec(k, x, y, w, impl=impl, block_size=128)
+    gmv = ops.kernel_grad_matvec(k, x, y, w, impl=impl, block_size=128)
+    assert mv.dtype == jnp.float32 and gmv.dtype == jnp.float32
+    assert _rel(mv, K @ w.astype(np.float64)) <= 1e-5
+    assert _rel(gmv, G) <= 1e-5
+
+
+@pytest.mark.parametrize("impl", ["dense", "blocked"])
+def test_check_grads_of_kernel_sums(impl, rng):
+    x = jnp.asarray(rng.normal(size=(9, 3)))
+    y = jnp.asarray(rng.normal(size=(13, 3)))
+    w = jnp.asarray(rng.normal(size=(13,)))
+    kw = dict(impl=impl, block_size=4)
+    for k, order in ((kernels.Gaussian(1.3), 2), (kernels.Polynomial(2), 1)):
+        check_grads(lambda x, y, w: ops.kernel_matvec(k, x, y, w, **kw), (x, y, w), order=order)
+        check_grads(
+            lambda x, y, w: ops.kernel_grad_matvec(k, x, y, w, **kw),
+            (x, y, w),
+            order=1,
+            modes=["rev"],
+        )
+    # kernel hyperparameters
+    check_grads(
+        lambda bw, c: ops.kernel_matvec(kernels.Gaussian(bw) + kernels.IMQ(c), x, y, w, **kw),
+        (1.1, 0.7),
+        order=1,
+    )
+
+
+def test_blocked_equals_dense_on_random_shapes(rng):
+    k = kernels.Gaussian(1.0)
+    for _ in range(4):
+        n, m, d = rng.integers(1, 70), rng.integers(1, 70), rng.integers(1, 6)
+        bs = (int(rng.integers(1, 33)), int(rng.integers(1, 33)))
+        x, y = rng.normal(size=(n, d)), rng.normal(size=(m, d))
+        w = rng.normal(size=(m,))
+        dense = ops.kernel_grad_matvec(k, x, y, w, impl="dense")
+        blocked = ops.kernel_grad_matvec(k, x, y, w, impl="blocked", block_size=bs)
+        np.testing.assert_allclose(blocked, dense, rtol=1e-10, atol=1e-12)
+
+
+def test_vmap_over_batches_of_point_sets(rng):
+    k = kernels.Gaussian(1.0)
+    xs = jnp.asarray(rng.normal(size=(4, 10, 2)))
+    y = jnp.asarray(rng.normal(size=(12, 2)))
+    w = jnp.ones(12)
+    f = lambda x: ops.kernel_grad_matvec(k, x, y, w, impl="blocked", block_size=5)
+    np.testing.assert_allclose(jax.vmap(f)(xs), np.stack([f(x) for x in xs]), rtol=1e-12)
+
+
+def test_nan_inputs_propagate(rng):
+    x = rng.normal(size=(10, 2))
+    y = rng.normal(size=(10, 2))
+    y[3, 0] = np.nan
+    for impl in ("dense", "blocked"):
+        for k in (kernels.Gaussian(1.0), kernels.Energy(), kernels.Laplace(1.0)):
+            out = ops.kernel_grad_matvec(k, x, y, np.ones(10), impl=impl, block_size=4)
+            assert np.all(np.isnan(out)), (impl, k)
+            assert np.all(np.isnan(ops.kernel_matvec(k, x, y, np.ones(10), impl=impl)))
+
+
+def test_blocked_memory_at_100k_points_forward_and_reverse():
+    """XLA's compiled memory analysis: far below the n*m*4 bytes a dense matrix needs."""
+    n = m = 100_000
+    dense_bytes = n * m * 4
+    spec = jax.ShapeDtypeStruct((n, 2), jnp.float32)
+    k = kernels.Gaussian(1.0)
+    fns = {
+        "grad_matvec": lambda x, y: ops.kernel_grad_matvec(k, x, y, jnp.ones(m), impl="blocked"),
+        "mmd2": lambda x, y: mmdflow.mmd2(x, y, k, impl="blocked"),
+        "grad_mmd2": jax.grad(lambda x, y: mmdflow.mmd2(x, y, k, impl="blocked"), argnums=(0, 1)),
+        "grad_witness_grad": jax.grad(
+            lambda x, y: jnp.sum(mmdflow.witness_grad(x, x, y, k, impl="blocked") ** 2)
+        ),
+    }
+    for name, f in fns.items():
+        mem = jax.jit(f).lower(spec, spec).compile().memory_analysis()
+        assert mem is not None
+        assert mem.temp_size_in_bytes < dense_bytes / 200, (name, mem.temp_size_in_bytes)
+
+
+def test_auto_picks_dense_for_small_and_blocked_for_large():
+    assert ops.resolve_impl("auto", 100, 100) == "dense"
+    assert ops.resolve_impl("auto", 100_000, 100_000) == "blocked"

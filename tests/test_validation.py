@@ -1,0 +1,52 @@
+"""Bad input: clear ValueErrors naming the argument and the shapes, at trace time."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mmdflow
+from mmdflow import kernels, ops
+
+K = kernels.Gaussian(1.0)
+X = np.zeros((5, 2), np.float32)
+Y = np.ones((6, 2), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: mmdflow.mmd2(np.zeros(5, np.float32), Y, K), r"`x`.*\[n, d\].*\(5,\)"),
+        (lambda: mmdflow.mmd2(X, np.zeros((6, 3), np.float32), K), r"`y`.*d=3.*d=2"),
+        (lambda: mmdflow.mmd2(X.astype(np.int32), Y, K), r"`x`.*floating.*int32"),
+        (lambda: mmdflow.mmd2(np.zeros((0, 2), np.float32), Y, K), r"`x` is empty.*\(0, 2\)"),
+        (lambda: mmdflow.mmd2(X, np.zeros((6, 0), np.float32), K), r"`y`.*zero dimensions"),
+        (lambda: mmdflow.mmd2(X[:1], Y, K, estimator="unbiased"), r"`x`.*at least 2.*\(1, 2\)"),
+        (lambda: mmdflow.mmd2(X, Y[:1], K, estimator="linear"), r"`y`.*at least 2"),
+        (lambda: mmdflow.mmd2(X, Y, K, estimator="vstat"), r"`estimator`"),
+        (lambda: mmdflow.mmd2(X, Y, K, impl="cuda"), r"`impl`"),
+        (lambda: mmdflow.mmd2(X, Y, K, wx=np.ones(4)), r"`wx`.*\[5\].*\(4,\)"),
+        (lambda: mmdflow.mmd2(X, Y, K, wy=np.ones((6, 2))), r"`wy`.*\[6\]"),
+        (lambda: mmdflow.mmd2(X, Y, K, estimator="linear", wx=np.ones(5)), r"weights"),
+        (lambda: mmdflow.mmd2(X, Y, "gaussian"), r"`k`.*Kernel"),
+        (lambda: mmdflow.mmd2(X, Y, K, impl="blocked", block_size=0), r"`block_size`"),
+        (lambda: mmdflow.mmd2_variance(X, Y, K), r"equal size.*\(5, 2\).*\(6, 2\)"),
+        (lambda: mmdflow.witness(np.zeros((3, 4)), X, Y, K), r"`z`.*d=4.*d=2"),
+        (lambda: mmdflow.witness_grad(X, X, Y, K, wy=np.ones(3)), r"`wy`"),
+        (lambda: ops.kernel_matvec(K, X, Y, np.ones(5)), r"`w`.*\[6\].*\(5,\)"),
+        (lambda: ops.kernel_grad_matvec(K, X, Y, np.ones((6, 2, 2))), r"`w`"),
+        (lambda: ops.gram(K, X, np.zeros((3, 1))), r"`y`.*d=1"),
+        (lambda: mmdflow.median_bandwidth(X[:1]), r"at least 2"),
+    ],
+)
+def test_bad_input_raises_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_errors_are_raised_at_trace_time_under_jit():
+    f = jax.jit(lambda x, y: mmdflow.mmd2(x, y, K, estimator="unbiased"))
+    with pytest.raises(ValueError, match="`y`"):
+        f(jnp.zeros((4, 2)), jnp.zeros((4, 3)))
+    with pytest.raises(ValueError, match="at least 2"):
+        f(jnp.zeros((1, 2)), jnp.zeros((4, 2)))
