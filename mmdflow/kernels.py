@@ -114,6 +114,18 @@ class Kernel:
 
         return jax.vmap(row)(x)
 
+    def hess_block(self, x: jax.Array, y: jax.Array, e: jax.Array) -> jax.Array:
+        """``out[i] = sum_j H(x_i, y_j) e_j`` with ``H[a, b] = d^2 k / dx_a dy_b`` -> ``[n, d]``."""
+
+        def row(xi):
+            # d/dx of sum_j <grad_y k(x, y_j), e_j>, as a jvp in y then a grad in x
+            f = lambda xv: jnp.sum(
+                jax.vmap(lambda yj, ej: jax.jvp(lambda yv: self(xv, yv), (yj,), (ej,))[1])(y, e)
+            )
+            return jax.grad(f)(xi)
+
+        return jax.vmap(row)(x)
+
     def diag(self, x: jax.Array) -> jax.Array:
         """``k(x_i, x_i)`` for ``x [n, d]`` -> ``[n]``."""
         return jax.vmap(lambda xi: self(xi, xi))(x)

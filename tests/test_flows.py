@@ -1,0 +1,259 @@
+"""Particle flows: Sobolev critics vs independent references, theory checks, steppers, driver."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _refs import gram as ref_gram
+from _refs import grad_x as ref_grad_x
+
+import mmdflow
+from mmdflow import features, flows, kernels, sobolev
+
+
+def _problem(rng, n=40, m=35, d=2):
+    x = rng.normal(size=(n, d))
+    y = rng.normal(size=(m, d)) * 0.7 + 1.0
+    return x, y
+
+
+def _np_exact_sobolev_velocity(x, y, bw, reg, a=None):
+    """Float64 NumPy: push-through form of (D + reg)^-1 delta for the Gaussian kernel."""
+    n, d = x.shape
+    a = np.full(n, 1 / n) if a is None else a / a.sum()
+    b = np.full(len(y), 1 / len(y))
+    diff = x[:, None, :] - x[None, :, :]
+    K = np.exp(-(diff**2).sum(-1) / (2 * bw**2))
+    # H[i, j, a, b] = d^2 k(x_i, x_j) / dx_i^a dx_j^b = K (I / bw^2 - diff diff^T / bw^4)
+    H = K[..., None, None] * (np.eye(d) / bw**2 - diff[..., :, None] * diff[..., None, :] / bw**4)
+    H = H.transpose(0, 2, 1, 3).reshape(n * d, n * d)
+    g = np.einsum("ijd,j->id", ref_grad_x("gaussian", x, y, {"bw": bw}), b) - np.einsum(
+        "ijd,j->id", ref_grad_x("gaussian", x, x, {"bw": bw}), a
+    )
+    s = np.repeat(np.sqrt(a), d)
+    G = s[:, None] * H * s[None, :]
+    c = np.linalg.solve(G + reg * np.eye(n * d), s * g.reshape(-1))
+    v = (g.reshape(-1) - H @ (s * c)) / reg
+    return v.reshape(n, d)
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_exact_critic_matches_numpy(solver, rng):
+    x, y = _problem(rng)
+    a = rng.uniform(0.2, 1.0, size=len(x))
+    want = _np_exact_sobolev_velocity(x, y, 0.9, 0.05, a)
+    c = sobolev.exact_critic(
+        kernels.Gaussian(0.9), x, y, 0.05, wx=a, solver=solver, cg_tol=1e-12, cg_maxiter=5000
+    )
+    np.testing.assert_allclose(c.grad_at_x, want, rtol=1e-7, atol=1e-9)
+    # the critic's gradient field evaluated anywhere agrees at the particles
+    np.testing.assert_allclose(c.grad(x), want, rtol=1e-7, atol=1e-9)
+    # and is the gradient of the critic's value
+    g = jax.vmap(jax.grad(lambda z: c.value(z[None])[0]))(jnp.asarray(x[:5]))
+    np.testing.assert_allclose(g, want[:5], rtol=1e-7, atol=1e-9)
+
+
+def test_rff_critic_matches_explicit_jacobian_numpy(rng):
+    x, y = _problem(rng, d=3)
+    rff = features.RFF.create(kernels.Gaussian(1.1), jax.random.key(0), 64, 3, dtype=jnp.float64)
+    W, b = np.asarray(rff.w), np.asarray(rff.b)
+    m = W.shape[0]
+    phi = lambda X: np.sqrt(2 / m) * np.cos(X @ W.T + b)
+    jac = lambda X: -np.sqrt(2 / m) * np.sin(X @ W.T + b)[:, :, None] * W[None]  # [n, m, d]
+    J = jac(x)
+    D = np.einsum("nka,nla->kl", J, J) / len(x)
+    delta = phi(y).mean(0) - phi(x).mean(0)
+    u = np.linalg.solve(D + 0.03 * np.eye(m), delta)
+    c = sobolev.rff_critic(rff, x, y, 0.03)
+    np.testing.assert_allclose(c.u, u, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(c.grad(x), np.einsum("nka,k->na", J, u), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(c.discrepancy_sq, delta @ u, rtol=1e-8)
+    np.testing.assert_allclose(c.value(y), phi(y) @ u, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_feature_space_and_sample_space_forms_agree(solver, rng):
+    """With k = phi . phi exactly, the exact (sample-space) critic equals the RFF critic."""
+    x, y = _problem(rng, n=25, m=20)
+    rff = features.RFF.create(kernels.Gaussian(1.0), jax.random.key(3), 30, 2, dtype=jnp.float64)
+    c1 = sobolev.rff_critic(rff, x, y, 0.05)
+    c2 = sobolev.exact_critic(
+        features.FeatureKernel(rff), x, y, 0.05, solver=solver, cg_tol=1e-13, cg_maxiter=5000
+    )
+    z = rng.normal(size=(6, 2))
+    np.testing.assert_allclose(c2.grad_at_x, c1.grad(x), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(c2.grad(z), c1.grad(z), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(c2.value(z), c1.value(z), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(c2.discrepancy_sq, c1.discrepancy_sq, rtol=1e-8)
+    np.testing.assert_allclose(c2.mmd2, c1.mmd2, rtol=1e-10)
+
+
+def test_rff_critic_converges_to_exact_as_features_grow(rng):
+    x, y = _problem(rng, n=30, m=25)
+    k = kernels.Gaussian(1.0)
+    exact = sobolev.exact_critic(k, x, y, 0.05).grad_at_x
+    errs = []
+    for m in (32, 256, 2048):
+        errs_m = []
+        for seed in range(3):
+            rff = features.RFF.create(k, jax.random.key(seed), m, 2, dtype=jnp.float64)
+            v = sobolev.rff_critic(rff, x, y, 0.05).grad(x)
+            errs_m.append(np.linalg.norm(v - exact) / np.linalg.norm(exact))
+        errs.append(np.mean(errs_m))
+    assert errs[0] > errs[1] > errs[2]
+    assert errs[2] < 0.12
+
+
+def test_large_reg_limit_is_the_mmd_flow(rng):
+    x, y = _problem(rng)
+    k = kernels.Gaussian(1.0)
+    reg = 1e5
+    v = sobolev.exact_critic(k, x, y, reg).grad_at_x
+    np.testing.assert_allclose(reg * v, mmdflow.witness_grad(x, x, y, k), rtol=1e-3, atol=1e-8)
+
+
+@pytest.mark.parametrize("num_features", [None, 256])
+def test_small_steps_decrease_mmd_monotonically(num_features, rng):
+    x, y = _problem(rng, n=50, m=60)
+    k = kernels.Gaussian(1.0)
+    s = flows.KernelSobolevDescent(k, step_size=0.05, reg=0.05, num_features=num_features)
+    state = s.init(jnp.asarray(x), jax.random.key(0))
+    state, aux = jax.jit(lambda st: flows.scan(s, st, jnp.asarray(y), 60))(state)
+    # the MMD^2 of the critic's own feature space, measured before each step
+    m = np.asarray(aux["mmd2_critic"])
+    assert np.all(np.diff(m) < 0), np.diff(m).max()
+    assert m[-1] < 0.5 * m[0]
+    if num_features is None:
+        assert float(mmdflow.mmd2(state.x, y, k)) < m[-1]
+
+
+def test_larger_reg_gives_lower_kinetic_energy(rng):
+    x, y = _problem(rng, n=60, m=60)
+    k = kernels.Gaussian(1.0)
+    energies = []
+    for reg in (0.01, 0.1, 1.0):
+        s = flows.KernelSobolevDescent(k, step_size=0.1, reg=reg)
+        state = s.init(jnp.asarray(x), jax.random.key(0))
+        _, aux = jax.jit(lambda st, s=s: flows.scan(s, st, jnp.asarray(y), 20))(state)
+        energies.append(float(np.sum(aux["kinetic"])))
+    assert energies[0] > energies[1] > energies[2]
+
+
+def test_mmd_flow_step_and_noise_injection(rng):
+    x, y = _problem(rng)
+    k = kernels.Gaussian(1.0)
+    s = flows.MMDFlow(k, step_size=2.0)
+    st = s.init(jnp.asarray(x), jax.random.key(0))
+    st1, aux = s.step(st, jnp.asarray(y))
+    np.testing.assert_allclose(st1.x, x + 2.0 * mmdflow.witness_grad(x, x, y, k), rtol=1e-12)
+    np.testing.assert_allclose(
+        aux["kinetic"], 2.0 * np.mean(np.sum(mmdflow.witness_grad(x, x, y, k) ** 2, 1))
+    )
+    # noise: the gradient is evaluated at perturbed particles; keys advance
+    sn = flows.MMDFlow(k, step_size=2.0, noise_level=0.5)
+    a1, _ = sn.step(sn.init(x, jax.random.key(0)), y)
+    a2, _ = sn.step(sn.init(x, jax.random.key(1)), y)
+    assert not np.allclose(a1.x, a2.x)
+    eps = jax.random.normal(jax.random.split(jax.random.key(0))[1], x.shape)
+    np.testing.assert_allclose(
+        a1.x, x + 2.0 * mmdflow.witness_grad(x + 0.5 * eps, x, y, k), rtol=1e-10
+    )
+
+
+def test_schedules_weights_unequal_sizes_and_dimension(rng):
+    x, y = _problem(rng, n=30, m=45, d=5)
+    wx = rng.uniform(0.5, 1.0, size=30)
+    wy = rng.uniform(0.5, 1.0, size=45)
+    k = kernels.Gaussian(2.0)
+    s = flows.KernelSobolevDescent(
+        k, step_size=lambda c: 0.5 * 0.99**c, reg=lambda c: 0.1 + 0.0 * c, num_features=128
+    )
+    state, hist = flows.run(
+        s, x, y, num_steps=30, key=jax.random.key(0), record_every=10, wx=wx, wy=wy
+    )
+    assert state.x.shape == (30, 5)
+    assert hist["mmd2"].shape == (4,)
+    assert hist["mmd2"][-1] < hist["mmd2"][0]
+    np.testing.assert_allclose(hist["mmd2"][0], mmdflow.mmd2(x, y, k, wx=wx, wy=wy), rtol=1e-10)
+
+
+def test_jitted_step_traces_once(rng):
+    x, y = _problem(rng)
+    traces = []
+    s = flows.KernelSobolevDescent(kernels.Gaussian(1.0), step_size=0.5, reg=0.1, num_features=64)
+
+    @jax.jit
+    def step(state, y):
+        traces.append(1)
+        return s.step(state, y)
+
+    state = s.init(jnp.asarray(x, jnp.float32), jax.random.key(0))
+    for _ in range(5):
+        state, _ = step(state, jnp.asarray(y, jnp.float32))
+    assert len(traces) == 1
+    assert state.x.dtype == jnp.float32
+
+
+def test_run_records_history_and_trajectory(rng):
+    x, y = _problem(rng, n=100, m=100)
+    s = flows.MMDFlow(kernels.Gaussian(1.0), step_size=5.0)
+    seen = []
+    _, hist = flows.run(
+        s,
+        x,
+        y,
+        num_steps=25,
+        key=jax.random.key(0),
+        record_every=10,
+        record_trajectory=True,
+        callback=lambda step, rec: seen.append(step),
+    )
+    assert seen == [10, 20, 25]
+    np.testing.assert_array_equal(hist["step"], [0, 10, 20, 25])
+    assert hist["trajectory"].shape == (4, 100, 2)
+    assert np.all(np.diff(hist["wall_time"]) >= 0)
+    assert np.all(np.diff(hist["mmd2"]) < 0)
+
+
+def test_sobolev_descent_reduces_mmd_100x_on_2d_problem():
+    """n = 1000 particles, 2-D, RFF critic: >= 100x lower MMD^2 within 200 steps."""
+    from mmdflow import data
+
+    x0 = data.sample("gaussian", 1000, seed=0)
+    y = data.sample("moons", 1000, seed=1)
+    k = kernels.Gaussian(float(mmdflow.median_bandwidth(x0, y)))
+    s = flows.KernelSobolevDescent(k, step_size=0.5, reg=0.01, num_features=256)
+    _, hist = flows.run(s, x0, y, num_steps=200, key=jax.random.key(0), record_every=100)
+    assert hist["mmd2"][0] / hist["mmd2"][-1] >= 100
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: flows.KernelSobolevDescent(kernels.Gaussian(1.0), step_size=0.0), "step_size"),
+        (lambda: flows.KernelSobolevDescent(kernels.Gaussian(1.0), reg=-1.0), "reg"),
+        (lambda: flows.KernelSobolevDescent(kernels.Gaussian(1.0), num_features=0), "num_features"),
+        (lambda: flows.KernelSobolevDescent("rbf"), "Kernel"),
+        (lambda: flows.MMDFlow(kernels.Gaussian(1.0), noise_level=-0.1), "noise_level"),
+        (lambda: flows.MMDFlow(kernels.Gaussian(1.0), step_size=float("nan")), "step_size"),
+        (
+            lambda: flows.KernelSobolevDescent(kernels.IMQ(1.0), num_features=8).init(
+                jnp.zeros((3, 2)), jax.random.key(0)
+            ),
+            "shift-invariant",
+        ),
+        (
+            lambda: flows.run(
+                flows.MMDFlow(kernels.Gaussian(1.0)),
+                jnp.zeros((3, 2)),
+                jnp.zeros((4, 3)),
+                num_steps=2,
+                key=jax.random.key(0),
+            ),
+            r"`y`.*d=3",
+        ),
+    ],
+)
+def test_bad_flow_input(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
