@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _refs import gram as ref_gram
 from _refs import grad_x as ref_grad_x
 
 import mmdflow
