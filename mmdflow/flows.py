@@ -161,7 +161,7 @@ class KernelSobolevDescent:
         disc2 = c.discrepancy_sq
         if self.normalize:
             v = v / jnp.sqrt(jnp.maximum(disc2, jnp.finfo(v.dtype).tiny))
-        dx = eps * v
+        dx = (eps * v).astype(state.x.dtype)
         aux = {
             "kinetic": _kinetic(dx, state.wx, eps),
             "critic": jnp.sqrt(jnp.maximum(disc2, 0.0)),
@@ -209,7 +209,7 @@ class MMDFlow:
         v = witness_grad(
             z, state.x, y, self.kernel, wx=state.wx, wy=wy, impl=self.impl, block_size=self.block_size
         )
-        dx = eps * v
+        dx = (eps * v).astype(state.x.dtype)
         aux = {"kinetic": _kinetic(dx, state.wx, eps), "critic": jnp.asarray(jnp.nan, v.dtype)}
         return state._replace(x=state.x + dx, key=key, count=state.count + 1), aux
 
