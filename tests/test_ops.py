@@ -135,6 +135,29 @@ def test_blocked_memory_at_100k_points_forward_and_reverse():
         assert mem.temp_size_in_bytes < dense_bytes / 200, (name, mem.temp_size_in_bytes)
 
 
-def test_auto_picks_dense_for_small_and_blocked_for_large():
-    assert ops.resolve_impl("auto", 100, 100) == "dense"
+def test_auto_picks_the_memory_safe_blocked_path():
+    assert ops.resolve_impl("auto", 100, 100) == "blocked"
     assert ops.resolve_impl("auto", 100_000, 100_000) == "blocked"
+    with pytest.raises(ValueError, match="impl"):
+        ops.resolve_impl("fast", 1, 1)
+
+
+def test_jit_grad_of_blocked_mmd_does_not_crash_subprocess():
+    """Regression: XLA:CPU segfaulted on jit(grad) of single-tile blocked sums (run isolated)."""
+    import subprocess
+    import sys
+
+    code = """
+import jax, jax.numpy as jnp
+from mmdflow import kernels, ops
+for n, m, bs in [(64, 64, 64), (64, 64, 1024), (64, 100, 64), (100, 64, 64), (33, 65, 32)]:
+    x = jax.random.normal(jax.random.key(0), (n, 2)); y = jax.random.normal(jax.random.key(1), (m, 2))
+    a = jnp.full(n, 1.0 / n); b = jnp.full(m, 1.0 / m); k = kernels.Gaussian(2.0)
+    mv = lambda p, q, w: ops.kernel_matvec(k, p, q, w, impl="blocked", block_size=bs)
+    g = jax.jit(jax.grad(lambda x: a @ mv(x, x, a) - 2 * a @ mv(x, y, b)))(x)
+    assert bool(jnp.all(jnp.isfinite(g)))
+print("ok")
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
+    assert "ok" in res.stdout
