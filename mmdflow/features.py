@@ -53,7 +53,9 @@ class RFF:
     amp: Any = 1.0
 
     @staticmethod
-    def create(kernel: K.Kernel, key: jax.Array, num_features: int, d: int, dtype=jnp.float32) -> RFF:
+    def create(
+        kernel: K.Kernel, key: jax.Array, num_features: int, d: int, dtype=jnp.float32
+    ) -> RFF:
         if not isinstance(num_features, int) or num_features < 1:
             raise ValueError(f"`num_features` must be a positive int; got {num_features!r}.")
         kz, kb, ks = jax.random.split(key, 3)

@@ -207,7 +207,14 @@ class MMDFlow:
         key, kn = jax.random.split(state.key)
         z = state.x + beta * jax.random.normal(kn, state.x.shape, state.x.dtype)
         v = witness_grad(
-            z, state.x, y, self.kernel, wx=state.wx, wy=wy, impl=self.impl, block_size=self.block_size
+            z,
+            state.x,
+            y,
+            self.kernel,
+            wx=state.wx,
+            wy=wy,
+            impl=self.impl,
+            block_size=self.block_size,
         )
         dx = (eps * v).astype(state.x.dtype)
         aux = {"kinetic": _kinetic(dx, state.wx, eps), "critic": jnp.asarray(jnp.nan, v.dtype)}
@@ -274,7 +281,12 @@ def run(
 
     chunk = jax.jit(lambda s, n: scan(stepper, s, y, n, wy), static_argnums=1)
     nan = float("nan")
-    hist = {"step": [0], "mmd2": [float(measure(state.x, state.wx))], "kinetic": [nan], "critic": [nan]}
+    hist = {
+        "step": [0],
+        "mmd2": [float(measure(state.x, state.wx))],
+        "kinetic": [nan],
+        "critic": [nan],
+    }
     traj = [np.asarray(state.x)] if record_trajectory else None
     t0 = time.perf_counter()
     hist["wall_time"] = [0.0]

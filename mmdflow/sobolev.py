@@ -213,7 +213,9 @@ def exact_critic(
     else:
 
         def matvec(c):
-            return sa[:, None] * kernel_hessian_matvec(k, x, x, sa[:, None] * c, impl=impl) + reg * c
+            return (
+                sa[:, None] * kernel_hessian_matvec(k, x, x, sa[:, None] * c, impl=impl) + reg * c
+            )
 
         c, _ = cg(matvec, rhs, tol=cg_tol, maxiter=cg_maxiter)
         e = sa[:, None] * c
