@@ -1,0 +1,444 @@
+"""Strong and weak scaling of the sharded witness gradient, plus a communication-cost estimate.
+
+Measured op: ``mmdflow.sharding.sharded_witness_grad(x, x, y, k, mesh)``, the
+velocity field of one MMD-flow step (queries: the ``n`` particles; sources: the
+``m`` targets and the ``n`` particles), Gaussian kernel, float32, ``n = m``, with
+both point sets sharded ``P("data")`` over the first ``D`` devices
+(``sharding.make_mesh(D)``) for ``D`` in ``--devices`` (default 1 2 4 8), for both
+strategies (``allgather``, ``ring``). The unsharded ``mmdflow.witness_grad``
+(``impl="blocked"``, same block size) is timed once at the strong-scaling size as
+``baseline``.
+
+* strong scaling: fixed ``n = m = --strong-n``; ``speedup = t(1) / t(D)``,
+  ``efficiency = speedup / D``;
+* weak scaling: the pairs per device are held fixed, ``n = m ~ --weak-n0 * sqrt(D)``
+  (rounded up to a multiple of 8): the work is ``n (n + m)`` pairs, so per device
+  ``~ 2 n0^2`` pairs; ``efficiency = t(1) / t(D)``.
+
+On CPU the script starts JAX with ``--xla_force_host_platform_device_count``
+(``--max-devices``, default 8) unless ``XLA_FLAGS`` already sets it: the "devices"
+are then partitions of the same host, so with fewer cores than devices the times
+show the overhead of sharding, not a speedup. ``host_cpu_count`` and the load
+averages are recorded in the metadata.
+
+Per configuration: ``jit(f).lower(*args).compile()`` time, one warm-up call, the
+median of ``--repeats`` timed calls (``block_until_ready``), and
+``memory_analysis().temp_size_in_bytes`` of the compiled per-device program.
+A compile-only memory comparison (``memory`` in the JSON) reports that temp size
+for the witness gradient and for ``jax.grad`` of the sharded MMD^2 at the largest
+``D``, ``n = m = --memory-n`` (quick 65536, else 262144), ``d`` in ``--memory-d``.
+
+Communication estimate (printed, and stored under ``comm_estimate``), per device
+and per witness-gradient evaluation, ``b`` bytes per number (4 for fp32):
+
+* source bytes ``S = (n + m) (d + 1) b`` (each source row: ``d`` coordinates and
+  one weight; the sources are the targets and the particles);
+* ``allgather`` (bandwidth-optimal ring all-gather): sends and receives
+  ``(D - 1) / D * S``; holds all ``S`` bytes of sources at once;
+* ``ring`` (``D - 1`` ``ppermute`` rounds of one ``S / D`` shard each): sends and
+  receives ``(D - 1) / D * S``, the same volume, in ``D - 1`` messages that overlap
+  with ``D`` blocks of compute; holds ``2 S / D`` (current and incoming shard);
+* reverse mode (a gradient of MMD^2 through the sums): ``allgather`` adds a
+  reduce-scatter of the source cotangents, total ``2 (D - 1) / D * S``; ``ring``
+  (custom VJP) re-rotates the sources (``D - 1`` rounds) and rotates the cotangent
+  accumulators home (``D`` rounds), total ``(3 D - 2) / D * S``;
+* compute per device: ``(n / D) (n + m)`` kernel pairs, so
+  ``pairs / byte = n (n + m) / (D * bytes)``, which grows like ``n / D``: for
+  ``n = m = 10^7`` communication is negligible next to the pairwise work.
+
+Usage:
+  python benchmarks/scaling.py --quick          # < 1 min: n 2048 (strong), n0 1024 (weak)
+  python benchmarks/scaling.py                  # n 8192 (strong), n0 2048 (weak)
+  python benchmarks/scaling.py --strategies ring --devices 1 8 --d 16
+
+Writes JSON (metadata, records, comm_estimate) to ``--out`` (default
+``benchmarks/results/scaling_<platform>[_quick].json``) and prints tables.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _ensure_host_devices(argv) -> None:
+    """Asks XLA for host devices before JAX starts (no effect once it has)."""
+    count = 8
+    if "--max-devices" in argv:
+        count = int(argv[argv.index("--max-devices") + 1])
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
+if __name__ == "__main__":
+    _ensure_host_devices(sys.argv[1:])
+
+import argparse  # noqa: E402
+import datetime as _dt  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import mmdflow  # noqa: E402
+from mmdflow import kernels, sharding  # noqa: E402
+
+SCHEMA = "mmdflow.bench.scaling/1"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+COMM_DEVICES = (8, 64, 512)
+COMM_N = 10_000_000
+COMM_D = (2, 64)
+
+
+# ---------------------------------------------------------------- communication estimate
+def comm_estimate(n: int, m: int, d: int, devices: int, bytes_per: int = 4) -> dict:
+    """Bytes moved per device per witness-gradient evaluation (formulas in the module docstring)."""
+    s = (n + m) * (d + 1) * bytes_per
+    frac = (devices - 1) / devices
+    pairs = n / devices * (n + m)
+    fwd = frac * s
+    return {
+        "n": n,
+        "m": m,
+        "d": d,
+        "devices": devices,
+        "bytes_per_number": bytes_per,
+        "source_bytes": s,
+        "pairs_per_device": pairs,
+        "allgather": {
+            "fwd_bytes": fwd,
+            "fwd_bwd_bytes": 2 * frac * s,
+            "peak_source_bytes": s,
+            "messages": devices - 1,
+            "pairs_per_byte": pairs / fwd if fwd else math.inf,
+        },
+        "ring": {
+            "fwd_bytes": fwd,
+            "fwd_bwd_bytes": (3 * devices - 2) / devices * s if devices > 1 else 0.0,
+            "peak_source_bytes": 2 * s / devices if devices > 1 else s,
+            "messages": devices - 1,
+            "pairs_per_byte": pairs / fwd if fwd else math.inf,
+        },
+    }
+
+
+def comm_table(rows: list[dict]) -> str:
+    head = (
+        "| d | D | sent/device fwd (both) | fwd+bwd allgather | fwd+bwd ring "
+        "| peak sources allgather | peak sources ring | pairs/device | pairs/byte fwd |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        a, g = r["allgather"], r["ring"]
+        lines.append(
+            f"| {r['d']} | {r['devices']} | {_b(a['fwd_bytes'])} | {_b(a['fwd_bwd_bytes'])} "
+            f"| {_b(g['fwd_bwd_bytes'])} | {_b(a['peak_source_bytes'])} "
+            f"| {_b(g['peak_source_bytes'])} | {r['pairs_per_device']:.2e} "
+            f"| {a['pairs_per_byte']:.2e} |"
+        )
+    return "\n".join(lines)
+
+
+def _b(x: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.2f} {unit}"
+    return f"{x:.0f} B"
+
+
+# ---------------------------------------------------------------- measurement
+def _round8(v: float) -> int:
+    return 8 * math.ceil(v / 8)
+
+
+def make_inputs(n: int, d: int, seed: int):
+    rng = np.random.default_rng(seed + 1000 * d + n)
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    y = rng.standard_normal((n, d), dtype=np.float32) + np.float32(0.5)
+    return x, y
+
+
+def bench(fn, args, repeats: int) -> dict:
+    t0 = time.perf_counter()
+    lowered = jax.jit(fn).lower(*args)
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
+    try:
+        temp = int(compiled.memory_analysis().temp_size_in_bytes)
+    except Exception:  # noqa: BLE001 - memory analysis is optional per backend
+        temp = None
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    warm = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t0)
+    return {
+        "compile_s": compile_s,
+        "warmup_s": warm,
+        "run_s": statistics.median(times),
+        "run_s_all": times,
+        "temp_bytes": temp,
+    }
+
+
+def run_one(mode, strategy, devices, n, d, args) -> dict:
+    rec = {"mode": mode, "strategy": strategy, "devices": devices, "n": n, "m": n, "d": d}
+    if devices > jax.device_count():
+        rec.update(status="skipped", reason=f"only {jax.device_count()} devices")
+        return rec
+    k = kernels.Gaussian(np.float32(math.sqrt(2.0 * d)))
+    x, y = make_inputs(n, d, args.seed)
+    if strategy == "baseline":
+        fn = lambda x, y: mmdflow.witness_grad(
+            x, x, y, k, impl="blocked", block_size=args.block_size
+        )
+        inputs = (jax.device_put(x), jax.device_put(y))
+    else:
+        mesh = sharding.make_mesh(devices)
+        sh = NamedSharding(mesh, P("data"))
+        fn = lambda x, y: sharding.sharded_witness_grad(
+            x, x, y, k, mesh, strategy=strategy, block_size=args.block_size
+        )
+        inputs = (jax.device_put(x, sh), jax.device_put(y, sh))
+    rec.update(bench(fn, inputs, args.repeats))
+    rec["status"] = "ok"
+    rec["gpairs_per_s"] = n * 2 * n / rec["run_s"] / 1e9
+    return rec
+
+
+def _memory_fns(k, mesh, strategy, block_size) -> dict:
+    kw = dict(strategy=strategy, block_size=block_size)
+    return {
+        "witness_grad": lambda x, y: sharding.sharded_witness_grad(x, x, y, k, mesh, **kw),
+        "grad_mmd2": jax.grad(
+            lambda x, y: sharding.sharded_mmd2(x, y, k, mesh, **kw), argnums=(0, 1)
+        ),
+    }
+
+
+def memory_records(args) -> list[dict]:
+    """Compile-only per-device temp memory of ``allgather`` vs ``ring`` at the largest ``D``.
+
+    Two ops: the witness gradient and ``jax.grad`` of the biased sharded MMD^2 w.r.t.
+    ``(x, y)``; ``n = m = --memory-n``, ``d`` in ``--memory-d``. Nothing is run.
+    """
+    dv = min(max(args.devices), jax.device_count())
+    mesh = sharding.make_mesh(dv)
+    sh = NamedSharding(mesh, P("data"))
+    recs = []
+    for d in args.memory_d:
+        k = kernels.Gaussian(np.float32(math.sqrt(2.0 * d)))
+        n = _round8(args.memory_n)
+        spec = jax.ShapeDtypeStruct((n, d), np.float32, sharding=sh)
+        for st in args.strategies:
+            for op, fn in _memory_fns(k, mesh, st, args.block_size).items():
+                t0 = time.perf_counter()
+                ma = jax.jit(fn).lower(spec, spec).compile().memory_analysis()
+                recs.append(
+                    {
+                        "op": op,
+                        "strategy": st,
+                        "devices": dv,
+                        "n": n,
+                        "m": n,
+                        "d": d,
+                        "compile_s": time.perf_counter() - t0,
+                        "temp_bytes": int(ma.temp_size_in_bytes),
+                        "source_bytes": 2 * n * (d + 1) * 4,
+                    }
+                )
+                r = recs[-1]
+                print(
+                    f"memory {op:12s} {st:9s} D={dv} n={n} d={d}: temp "
+                    f"{r['temp_bytes'] / 1e6:.1f} MB (all sources {r['source_bytes'] / 1e6:.1f} MB)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return recs
+
+
+def memory_table(recs: list[dict]) -> str:
+    lines = ["| op | strategy | D | n | d | temp MB/device | all sources MB |", "|" + "---|" * 7]
+    for r in recs:
+        lines.append(
+            f"| {r['op']} | {r['strategy']} | {r['devices']} | {r['n']} | {r['d']} "
+            f"| {r['temp_bytes'] / 1e6:.1f} | {r['source_bytes'] / 1e6:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def add_efficiency(records: list[dict]) -> None:
+    """Speedup / efficiency against the same strategy's D = 1 run of the same mode."""
+    base = {
+        (r["mode"], r["strategy"]): r["run_s"]
+        for r in records
+        if r["status"] == "ok" and r["devices"] == 1
+    }
+    for r in records:
+        t1 = base.get((r["mode"], r["strategy"]))
+        if r["status"] != "ok" or t1 is None:
+            continue
+        if r["mode"] == "strong":
+            r["speedup"] = t1 / r["run_s"]
+            r["efficiency"] = r["speedup"] / r["devices"]
+        else:
+            r["efficiency"] = t1 / r["run_s"]
+
+
+def markdown_table(records: list[dict]) -> str:
+    lines = [
+        "| mode | strategy | D | n | compile s | run ms | Gpairs/s | speedup | efficiency | temp MB |",
+        "|" + "---|" * 10,
+    ]
+    for r in records:
+        if r["status"] != "ok":
+            lines.append(
+                f"| {r['mode']} | {r['strategy']} | {r['devices']} | {r['n']} | skipped: "
+                f"{r['reason']} | | | | | |"
+            )
+            continue
+        sp = f"{r['speedup']:.2f}" if "speedup" in r else ""
+        ef = f"{r['efficiency']:.2f}" if "efficiency" in r else ""
+        tmp = f"{r['temp_bytes'] / 1e6:.1f}" if r["temp_bytes"] is not None else ""
+        lines.append(
+            f"| {r['mode']} | {r['strategy']} | {r['devices']} | {r['n']} | {r['compile_s']:.2f} "
+            f"| {r['run_s'] * 1e3:.1f} | {r['gpairs_per_s']:.3f} | {sp} | {ef} | {tmp} |"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- driver
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, 3 repeats (< 1 min)")
+    p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--max-devices", type=int, default=8, help="host devices to create (CPU)")
+    p.add_argument("--strategies", nargs="+", default=list(sharding.STRATEGIES))
+    p.add_argument("--strong-n", type=int, default=None, help="n = m for strong scaling")
+    p.add_argument("--weak-n0", type=int, default=None, help="n = m at D = 1 for weak scaling")
+    p.add_argument("--d", type=int, default=2)
+    p.add_argument("--block-size", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--no-baseline", action="store_true", help="skip the unsharded baseline")
+    p.add_argument("--memory-n", type=int, default=None, help="n = m of the memory comparison")
+    p.add_argument("--memory-d", type=int, nargs="*", default=[2, 64])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=str, default=None)
+    args = p.parse_args(argv)
+    bad = [s for s in args.strategies if s not in sharding.STRATEGIES]
+    if bad:
+        p.error(f"unknown strategies {bad}; choose from {sharding.STRATEGIES}")
+    args.strong_n = args.strong_n or (2048 if args.quick else 8192)
+    args.weak_n0 = args.weak_n0 or (1024 if args.quick else 2048)
+    args.repeats = args.repeats or (3 if args.quick else 5)
+    args.memory_n = args.memory_n or (65536 if args.quick else 262144)
+    return args
+
+
+def _loadavg():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def main(argv=None) -> dict:
+    """Runs the scaling sweep; writes the JSON, prints tables, returns the result dict."""
+    args = parse_args(argv)
+    backend = jax.default_backend()
+    out = Path(args.out or RESULTS_DIR / f"scaling_{backend}{'_quick' if args.quick else ''}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    devs = sorted(set(args.devices))
+    meta = {
+        "schema": SCHEMA,
+        "date_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "platform": backend,
+        "device_kind": jax.devices()[0].device_kind,
+        "device_count": jax.device_count(),
+        "host_cpu_count": os.cpu_count(),
+        "os": f"{platform.system()} {platform.machine()}",
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "numpy": np.__version__,
+        "mmdflow": mmdflow.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "loadavg_start": _loadavg(),
+        "dtype": "float32",
+        "config": {
+            "quick": args.quick,
+            "devices": devs,
+            "strategies": list(args.strategies),
+            "strong_n": args.strong_n,
+            "weak_n0": args.weak_n0,
+            "d": args.d,
+            "block_size": args.block_size,
+            "repeats": args.repeats,
+            "baseline": not args.no_baseline,
+            "memory_n": args.memory_n,
+            "memory_d": list(args.memory_d),
+        },
+        "definitions": {
+            "op": "sharded_witness_grad(x, x, y, Gaussian(sqrt(2 d))), n = m, fp32",
+            "gpairs_per_s": "n * (n + m) / run_s / 1e9",
+            "speedup": "strong: run_s(D=1) / run_s(D), same strategy",
+            "efficiency": "strong: speedup / D; weak: run_s(D=1) / run_s(D)",
+            "weak_n": "8 * ceil(weak_n0 * sqrt(D) / 8): constant pairs per device",
+            "temp_bytes": "compiled.memory_analysis().temp_size_in_bytes (per-device program)",
+        },
+    }
+    result = {"metadata": meta, "records": []}
+    t_start = time.perf_counter()
+    strategies = list(args.strategies) + ([] if args.no_baseline else ["baseline"])
+    plan = []
+    for mode in ("strong", "weak"):
+        for dv in devs:
+            n = args.strong_n if mode == "strong" else _round8(args.weak_n0 * math.sqrt(dv))
+            for st in strategies:
+                if st == "baseline" and (mode == "weak" or dv != devs[0]):
+                    continue  # one unsharded run at the strong-scaling size
+                plan.append((mode, st, 1 if st == "baseline" else dv, n))
+    for mode, st, dv, n in plan:
+        rec = run_one(mode, st, dv, n, args.d, args)
+        result["records"].append(rec)
+        msg = f"{mode:6s} {st:9s} D={dv:<3d} n={n:<7d} " + (
+            f"compile {rec['compile_s']:5.2f} s run {rec['run_s'] * 1e3:8.1f} ms"
+            if rec["status"] == "ok"
+            else f"skipped: {rec['reason']}"
+        )
+        print(msg, file=sys.stderr, flush=True)
+    add_efficiency(result["records"])
+    result["memory"] = memory_records(args)
+    comm = [comm_estimate(COMM_N, COMM_N, d, dv) for d in COMM_D for dv in COMM_DEVICES]
+    result["comm_estimate"] = comm
+    meta["total_wall_s"] = time.perf_counter() - t_start
+    meta["loadavg_end"] = _loadavg()
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(
+        f"\nsharded witness_grad scaling: {backend}, {jax.device_count()} devices on "
+        f"{os.cpu_count()} host CPUs, jax {jax.__version__}, total {meta['total_wall_s']:.1f} s, "
+        f"loadavg {meta['loadavg_start']} -> {meta['loadavg_end']}; JSON: {out}\n"
+    )
+    print(markdown_table(result["records"]))
+    print("\nCompiled per-device temp memory (compile only):\n")
+    print(memory_table(result["memory"]))
+    print(
+        f"\nCommunication per device per witness-gradient step, n = m = {COMM_N:.0e}, fp32 "
+        "(formulas: module docstring):\n"
+    )
+    print(comm_table(comm))
+    return result
+
+
+if __name__ == "__main__":
+    main()
