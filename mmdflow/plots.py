@@ -1,0 +1,297 @@
+"""Plotting helpers for particle flows and color transfer (used by :mod:`mmdflow.cli`).
+
+Figures are built with :class:`matplotlib.figure.Figure` directly (never
+``pyplot``), so nothing here touches global matplotlib state or needs a display:
+``Figure.savefig`` renders with the Agg backend. matplotlib is imported lazily,
+inside the functions.
+
+Example:
+    >>> import numpy as np
+    >>> from mmdflow import plots
+    >>> traj = np.random.default_rng(0).normal(size=(3, 100, 2))
+    >>> plots.plot_flow(traj, [0, 10, 20], traj[0], "flow.png")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "pca_projection",
+    "select_snapshots",
+    "plot_flow",
+    "plot_history",
+    "plot_color_transfer",
+]
+
+_PARTICLE_COLOR = "#d62728"
+_TARGET_COLOR = "#b0b0b0"
+
+
+def _figure(width: float, height: float, layout: str | None = "constrained"):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout=layout)
+
+
+def pca_projection(reference: np.ndarray, dim: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Principal axes of a point cloud, for projecting ``d > 2`` data to the plane.
+
+    Args:
+        reference: ``[n, d]`` points that define the axes (e.g. the target samples).
+        dim: Number of axes to keep (at most ``d``).
+
+    Returns:
+        ``(mean, axes)`` with ``mean`` of shape ``[d]`` and ``axes`` of shape
+        ``[d, dim]``; project points ``p`` with ``(p - mean) @ axes``.
+    """
+    ref = np.asarray(reference, dtype=np.float64)
+    mean = ref.mean(axis=0)
+    dim = min(dim, ref.shape[1])
+    # Right singular vectors of the centered data are the principal axes.
+    _, _, vt = np.linalg.svd(ref - mean, full_matrices=False)
+    return mean, vt[:dim].T
+
+
+def select_snapshots(
+    mmd2: Sequence[float] | None, num_records: int, num_panels: int = 5
+) -> list[int]:
+    """Chooses which recorded snapshots to draw.
+
+    Flows move most in their first steps, so evenly spaced steps would show
+    mostly converged pictures. When an MMD^2 history is given, the panels are
+    placed where ``log MMD^2`` has covered 0, 1/(k-1), ..., 1 of its total
+    decrease (the first record reaching each level), always including the first
+    and the last record; otherwise they are evenly spaced.
+
+    Args:
+        mmd2: MMD^2 per record (same length as the records), or ``None``.
+        num_records: Number of recorded snapshots ``R``.
+        num_panels: Desired number of panels ``k``.
+
+    Returns:
+        Sorted, distinct record indices (at most ``num_panels``).
+    """
+    if num_records <= 0:
+        return []
+    k = max(1, min(num_panels, num_records))
+    even = np.unique(np.round(np.linspace(0, num_records - 1, k)).astype(int)).tolist()
+    if mmd2 is None or len(mmd2) != num_records or k < 3:
+        return even
+    m = np.asarray(mmd2, dtype=np.float64)
+    pos = np.isfinite(m) & (m > 0)
+    if not pos[0] or pos.sum() < 2:
+        return even
+    logm = np.where(pos, np.log(np.where(pos, m, 1.0)), np.nan)
+    lo = np.nanmin(logm)
+    if not logm[0] - lo > 1e-12:
+        return even
+    # Running minimum, so a transient bump never selects an earlier snapshot.
+    run = np.fmin.accumulate(np.where(np.isnan(logm), np.inf, logm))
+    idx = {0, num_records - 1}
+    for frac in np.linspace(0.0, 1.0, k)[1:-1]:
+        level = logm[0] - frac * (logm[0] - lo)
+        idx.add(int(np.argmax(run <= level)))
+    out = sorted(idx)
+    if len(out) < k:  # fill collisions with evenly spaced records
+        for i in even:
+            if len(out) >= k:
+                break
+            if i not in out:
+                out.append(i)
+        out.sort()
+    return out
+
+
+def _scatter_panel(ax, pts: np.ndarray, tgt: np.ndarray, lim, title: str):
+    ax.scatter(tgt[:, 0], tgt[:, 1], s=3, c=_TARGET_COLOR, linewidths=0, label="target")
+    ax.scatter(pts[:, 0], pts[:, 1], s=3, c=_PARTICLE_COLOR, linewidths=0, label="particles")
+    ax.set_xlim(lim[0])
+    ax.set_ylim(lim[1])
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+
+
+def _hist_panel(ax, pts: np.ndarray, tgt: np.ndarray, lim, title: str):
+    bins = np.linspace(lim[0][0], lim[0][1], 60)
+    ax.hist(tgt[:, 0], bins=bins, density=True, color=_TARGET_COLOR, label="target")
+    ax.hist(
+        pts[:, 0],
+        bins=bins,
+        density=True,
+        histtype="step",
+        color=_PARTICLE_COLOR,
+        lw=1.5,
+        label="particles",
+    )
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+
+
+def _limits(clouds: Sequence[np.ndarray], dims: int) -> list[tuple[float, float]]:
+    allp = np.concatenate([c[:, :dims] for c in clouds], axis=0)
+    # Robust limits: ignore the 0.5% most extreme points on each side.
+    lo = np.quantile(allp, 0.005, axis=0)
+    hi = np.quantile(allp, 0.995, axis=0)
+    pad = 0.08 * np.maximum(hi - lo, 1e-6)
+    return [(float(a), float(b)) for a, b in zip(lo - pad, hi + pad, strict=True)]
+
+
+def plot_flow(
+    trajectory: np.ndarray,
+    steps: Sequence[int],
+    target: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    mmd2: Sequence[float] | None = None,
+    num_panels: int = 5,
+    title: str | None = None,
+) -> list[int]:
+    """Draws snapshots of the particles over the target samples and saves a PNG.
+
+    Data with ``d > 2`` are projected on the two principal axes of the target
+    (the same projection in every panel); ``d == 1`` is drawn as histograms.
+
+    Args:
+        trajectory: ``[R, n, d]`` recorded particles.
+        steps: ``[R]`` step of each record.
+        target: ``[m, d]`` target samples.
+        path: Output file (PNG).
+        mmd2: Optional ``[R]`` MMD^2 history, used to place the panels (see
+            :func:`select_snapshots`) and shown in the panel titles.
+        num_panels: Number of snapshots (4 to 6 reads well).
+        title: Optional figure title.
+
+    Returns:
+        The record indices drawn.
+    """
+    traj = np.asarray(trajectory, dtype=np.float64)
+    tgt = np.asarray(target, dtype=np.float64)
+    if traj.ndim != 3 or tgt.ndim != 2 or traj.shape[2] != tgt.shape[1]:
+        raise ValueError(
+            f"plot_flow: expected trajectory [R, n, d] and target [m, d]; got "
+            f"{traj.shape} and {tgt.shape}."
+        )
+    d = tgt.shape[1]
+    idx = select_snapshots(mmd2, traj.shape[0], num_panels)
+    if d > 2:
+        mean, axes = pca_projection(tgt)
+        proj = lambda p: (p - mean) @ axes
+        xlabel, ylabel = "PC 1 (of target)", "PC 2"
+    else:
+        proj = lambda p: p
+        xlabel, ylabel = ("x", "density") if d == 1 else ("x1", "x2")
+    tgt2 = proj(tgt)
+    shown = [proj(traj[i]) for i in idx]
+    lim = _limits([tgt2, *shown], min(d, 2))
+    # Manual margins: constrained layout lets equal-aspect panel titles collide with
+    # the suptitle. ``bbox_inches="tight"`` trims the slack when saving.
+    fig = _figure(3.0 * len(idx), 3.9, layout=None)
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.12, top=0.8, wspace=0.25)
+    axs = fig.subplots(1, len(idx), squeeze=False)[0]
+    for ax, i, pts in zip(axs, idx, shown, strict=True):
+        label = f"step {int(steps[i])}"
+        if mmd2 is not None and np.isfinite(mmd2[i]):
+            label += f"\nMMD² {float(mmd2[i]):.2e}"
+        if d == 1:
+            _hist_panel(ax, pts, tgt2, lim, label)
+        else:
+            _scatter_panel(ax, pts, tgt2, lim, label)
+        ax.set_xlabel(xlabel, fontsize=8)
+    axs[0].set_ylabel(ylabel, fontsize=8)
+    axs[-1].legend(loc="upper right", fontsize=7, markerscale=3, framealpha=0.7)
+    if title:
+        # Just above the panel titles: equal-aspect panels of wide data are shorter
+        # than their slots, and a fixed suptitle position would float far above them.
+        for ax in axs:
+            ax.apply_aspect()
+        top = max(ax.get_position().y1 for ax in axs)
+        fig.suptitle(title, fontsize=10, y=top + 0.5 / fig.get_figheight(), va="bottom")
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.08)
+    return idx
+
+
+def _log_series(ax, steps, values, label, color):
+    v = np.asarray(values, dtype=np.float64)
+    s = np.asarray(steps)
+    ok = np.isfinite(v) & (v > 0)
+    if ok.any():
+        ax.plot(s[ok], v[ok], marker="o", ms=2.5, lw=1.2, color=color, label=label)
+        ax.set_yscale("log")
+    else:
+        ax.text(0.5, 0.5, "no positive values", ha="center", va="center", transform=ax.transAxes)
+    return int((~ok & np.isfinite(v)).sum())
+
+
+def plot_history(
+    history: dict, path: str | os.PathLike, *, title: str | None = None, mmd_label: str = "MMD²"
+) -> None:
+    """Plots MMD^2 and the kinetic energy against the step (log scale) and saves a PNG.
+
+    Args:
+        history: Dict with ``step``, ``mmd2`` and optionally ``kinetic`` sequences
+            (as returned by :func:`mmdflow.flows.run`).
+        path: Output file (PNG).
+        title: Optional figure title.
+        mmd_label: Y-axis label of the MMD^2 panel (e.g. naming the kernel).
+    """
+    steps = np.asarray(history["step"])
+    has_kin = "kinetic" in history and np.isfinite(np.asarray(history["kinetic"], float)).any()
+    fig = _figure(9.0 if has_kin else 5.0, 3.4)
+    axs = fig.subplots(1, 2 if has_kin else 1, squeeze=False)[0]
+    dropped = _log_series(axs[0], steps, history["mmd2"], "MMD²", "#1f77b4")
+    axs[0].set_xlabel("step")
+    axs[0].set_ylabel(mmd_label)
+    axs[0].set_title("MMD² to the target", fontsize=10)
+    if dropped:
+        axs[0].text(
+            0.98,
+            0.98,
+            f"{dropped} record(s) <= 0 (float32 round-off) not shown",
+            ha="right",
+            va="top",
+            fontsize=7,
+            transform=axs[0].transAxes,
+        )
+    if has_kin:
+        _log_series(axs[1], steps, history["kinetic"], "kinetic", "#ff7f0e")
+        axs[1].set_xlabel("step")
+        axs[1].set_ylabel("mean |Δx|² / step size")
+        axs[1].set_title("kinetic energy (last step of each record)", fontsize=10)
+    for ax in axs:
+        ax.grid(True, which="both", alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.08)
+
+
+def plot_color_transfer(
+    source: np.ndarray,
+    target: np.ndarray,
+    result: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    titles: Sequence[str] = ("source", "target palette", "result"),
+) -> None:
+    """Shows source, target and recolored images side by side and saves a PNG.
+
+    Args:
+        source: ``[H, W, 3]`` image (``uint8`` or floats in ``[0, 1]``).
+        target: ``[H', W', 3]`` image.
+        result: ``[H, W, 3]`` recolored source.
+        path: Output file (PNG).
+        titles: Panel titles.
+    """
+    imgs = [np.asarray(a) for a in (source, target, result)]
+    aspect = [im.shape[1] / im.shape[0] for im in imgs]
+    fig = _figure(3.6 * sum(aspect) + 0.4, 3.9)
+    axs = fig.subplots(1, 3, width_ratios=aspect)
+    for ax, im, t in zip(axs, imgs, titles, strict=True):
+        ax.imshow(im, interpolation="nearest")
+        ax.set_title(t, fontsize=10)
+        ax.set_axis_off()
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.08)
