@@ -63,6 +63,9 @@ SOBOLEV_STEP_SIZE = 0.5
 #: features): the absolute ridge is ``reg / bandwidth**2``, which makes Sobolev descent
 #: invariant to rescaling the data (``step_size`` is then dimensionless).
 SOBOLEV_REG = 0.01
+#: color transfer: a larger ridge gives a smoother color map (fewer posterized patches
+#: when the palettes differ a lot) and still matches the target colors closely.
+COLOR_REG = 0.1
 #: MMD flow: default step size is this times ``bandwidth**2`` (the witness gradient
 #: scales like ``1 / bandwidth``, its Jacobian like ``1 / bandwidth**2``).
 MMD_STEP_FACTOR = 0.1
@@ -245,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--noise",
         type=_nonneg_float,
         default=0.0,
-        help="mmd only: noise level of the noise-injected MMD flow (default 0)",
+        help="mmd only: noise level of the noise-injected MMD flow, in units of the "
+        "bandwidth (default 0)",
     )
     _add_common(
         f,
@@ -291,9 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--reg",
         type=_positive_float,
-        default=SOBOLEV_REG,
+        default=COLOR_REG,
         help="Sobolev ridge regularization in units of 1/bandwidth^2 (the solver gets "
-        f"reg / bandwidth^2; default {SOBOLEV_REG})",
+        f"reg / bandwidth^2; default {COLOR_REG})",
     )
     c.add_argument(
         "--num-features",
@@ -315,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
         record_help="steps between records (default steps/50)",
     )
     c.set_defaults(func=_cmd_color_transfer)
+    from mmdflow import train_cli  # the `train` subcommand (imports this module's helpers)
+
+    train_cli.add_parser(sub)
     return parser
 
 
@@ -394,7 +401,8 @@ def _staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
     """Yields a temporary directory next to ``out``; renames it to ``out`` on success.
 
     On any exception the temporary directory (and any parent directories created
-    for it) is removed and ``out`` is left as it was.
+    for it) is removed and ``out`` is left as it was. With ``overwrite`` an existing
+    ``out`` is moved aside, replaced, and deleted only once the rename succeeded.
     """
     _check_out(str(out), overwrite)
     out = Path(out).absolute()
@@ -408,25 +416,39 @@ def _staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
         p = p.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+
+    def discard():
+        shutil.rmtree(tmp, ignore_errors=True)
+        for q in created:  # deepest first
+            with contextlib.suppress(OSError):
+                q.rmdir()
+
     try:
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700)
         yield tmp
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            old.rmdir()
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        _check_out(str(out), overwrite)  # it may have appeared meanwhile
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for q in created:  # deepest first
-            with contextlib.suppress(OSError):
-                q.rmdir()
+        discard()
         raise
+    if not out.exists():
+        try:
+            tmp.rename(out)
+        except BaseException:
+            discard()
+            raise
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
+    old.rmdir()
+    out.rename(old)
+    try:
+        tmp.rename(out)
+    except BaseException:
+        old.rename(out)
+        discard()
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 class ProgressBar:
@@ -700,8 +722,15 @@ def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int):
         else:
             step = MMD_STEP_FACTOR * bandwidth**2
             rule = f"default: {MMD_STEP_FACTOR:g} * bandwidth^2"
-        stepper = flows.MMDFlow(kernel, step_size=step, noise_level=args.noise)
-        return stepper, {"step_size": step, "step_size_rule": rule, "noise_level": args.noise}
+        noise = args.noise * bandwidth
+        stepper = flows.MMDFlow(kernel, step_size=step, noise_level=noise)
+        return stepper, {
+            "step_size": step,
+            "step_size_rule": rule,
+            "noise": args.noise,
+            "noise_level_absolute": noise,
+            "noise_rule": "noise is in units of the bandwidth; the flow gets noise_level_absolute",
+        }
     # neural-sobolev: imported lazily (flax/optax, and the module may be absent)
     try:
         from mmdflow import neural
@@ -731,6 +760,8 @@ def _cmd_flow(args) -> int:
         raise CLIError(f"--reg applies only to --method sobolev (got --method {args.method})")
     if args.fixed_features and args.method != "sobolev":
         raise CLIError(f"--fixed-features applies only to --method sobolev (got {args.method})")
+    if args.num_features != "auto" and args.method != "sobolev":
+        raise CLIError(f"--num-features applies only to --method sobolev (got {args.method})")
     if args.noise and args.method != "mmd":
         raise CLIError(f"--noise applies only to --method mmd (got --method {args.method})")
     x0 = _load_points("--source", args.source, args.n, args.seed)
@@ -853,11 +884,13 @@ def _load_image(option: str, spec: str) -> np.ndarray:
     from mmdflow import data
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             img = data.image(spec)
     except (ValueError, OSError) as e:
         raise CLIError(f"{option} {spec!r}: {_strip_spec(str(e), 'image: ', spec)}") from None
+    for w in caught:  # e.g. the fallback image when scikit-image is missing
+        print(f"mmdflow: warning: {_one_line(str(w.message))}", file=sys.stderr)
     if img.shape[0] * img.shape[1] < 2:
         raise CLIError(f"{option} {spec!r}: image has fewer than 2 pixels (shape {img.shape})")
     return img
@@ -943,7 +976,7 @@ def _cmd_color_transfer(args) -> int:
     if resample:
         stepper = ResampledFeatures(stepper)
     record_every = args.record_every or max(1, round(args.steps / 50))
-    block = 4096
+    block = min(4096, pixels.shape[0])
     npix = pixels.shape[0]
     nblocks = -(-npix // block)
     padded = np.zeros((nblocks * block, 3), np.float32)
