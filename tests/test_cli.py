@@ -71,6 +71,7 @@ def test_flow_sobolev_writes_everything(tmp_path, capsys):
     assert (s["n_particles"], s["d"], s["steps"]) == (200, 2, 20)
     assert s["step_size"] == cli.SOBOLEV_STEP_SIZE and s["reg"] == cli.SOBOLEV_REG
     assert s["bandwidth"] > 0 and "median" in s["bandwidth_rule"]
+    assert s["reg_absolute"] == pytest.approx(s["reg"] / s["bandwidth"] ** 2)  # scale-free reg
     assert s["kernel"]["type"] == "MixtureRBF" and len(s["kernel"]["bandwidths"]) == 4
     # n*d = 400 > EXACT_MAX_SIZE: random features, and the rule says so
     assert s["critic"] == "rff" and s["num_features"] == cli.DEFAULT_NUM_FEATURES
