@@ -8,10 +8,20 @@ Subcommands:
 * ``mmdflow color-transfer``: recolors an image with the color distribution of
   another one by Sobolev descent of its pixel colors in ``[0, 1]^3``.
 
+Defaults are chosen to work on unseen data without tuning (see the constants
+below): the base bandwidth is the median heuristic on source and target pooled;
+``flow`` uses a mixture of Gaussians at ``median x {1/8, 1/4, 1/2, 1}`` (the median
+alone blurs fine structure such as rings or a checkerboard); Sobolev descent uses
+random Fourier features *redrawn at every step* (:class:`ResampledFeatures`; fixed
+features let the particles settle on configurations that only fool those
+features); the Sobolev ridge ``--reg`` is in units of ``1 / bandwidth^2`` and the
+MMD-flow step in units of ``bandwidth^2``, so results do not depend on the scale
+of the data.
+
 Every run writes into a temporary directory next to ``--out`` and renames it at
 the end, so ``--out`` is either complete or absent. Bad input gives a one-line
 ``mmdflow: error: ...`` on stderr and exit status 2 (1 for failures during the
-run, such as a diverging flow).
+run, such as a diverging flow; 130 when interrupted).
 
 Example:
     $ mmdflow flow --out runs/demo                       # gaussian -> 8gaussians
@@ -42,6 +52,7 @@ import numpy as np
 __all__ = [
     "CLIError",
     "ProgressBar",
+    "ResampledFeatures",
     "build_parser",
     "main",
     "resolve_num_features",
@@ -428,6 +439,7 @@ def _staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700)
         yield tmp
+        _SIGNALS.check()  # a deferred Ctrl-C discards the staged outputs
         _check_out(str(out), overwrite)  # it may have appeared meanwhile
     except BaseException:
         discard()
@@ -493,7 +505,13 @@ class ProgressBar:
         self._draw(0, "compiling...")
 
     def update(self, step: int, record: dict | None = None) -> None:
-        """Callback for :func:`mmdflow.flows.run`: ``update(step, record)``."""
+        """Callback for :func:`mmdflow.flows.run`: ``update(step, record)``.
+
+        Also the safe point where a pending Ctrl-C / SIGTERM raises ``KeyboardInterrupt``
+        (see :class:`_DeferredSignals`), so every command driven through a progress
+        bar can be interrupted cleanly.
+        """
+        _SIGNALS.check()
         now = time.perf_counter()
         if self._first is None:
             self._first = (step, now)
@@ -539,10 +557,12 @@ class ResampledFeatures:
     :class:`mmdflow.flows.KernelSobolevDescent` draws its ``m`` features once, so the
     flow only matches ``m`` random moments: the particles stall on configurations
     (often 1-D curves) that fool those features. Redrawing them from the kernel's
-    spectral density at every step (from ``state.key``) makes each step an
-    unbiased-feature estimate of the exact-kernel critic, and the flow matches the
-    kernel itself. Same ``init`` / ``step`` protocol, so it runs with
-    :func:`mmdflow.flows.run`.
+    spectral density at every step (from ``state.key``) gives each step a fresh
+    random approximation of the exact-kernel critic; no fixed set of moments can be
+    fooled, and the particles match the kernel's MMD far better at the same ``m``
+    (on the 2-D toy pairs, 10^4 to 4 x 10^5 times lower MMD^2 in 500 steps with
+    ``m = 128``, versus 10^2 to 10^4 with fixed ``m = 512`` and visibly wrong shapes).
+    Same ``init`` / ``step`` protocol, so it runs with :func:`mmdflow.flows.run`.
 
     Attributes:
       base: a ``KernelSobolevDescent`` with ``num_features`` set.
@@ -823,7 +843,7 @@ def _cmd_flow(args) -> int:
                 key=jax.random.key(args.seed),
                 record_every=record_every,
                 record_trajectory=True,
-                callback=bar.update,
+                callback=bar.update,  # also checks for a pending interrupt
             )
         finally:
             bar.close()
@@ -1045,7 +1065,7 @@ def _cmd_color_transfer(args) -> int:
                 }
                 for key, val in rec.items():
                     hist[key].append(val)
-                bar.update(done, rec)
+                bar.update(done, rec)  # also checks for a pending interrupt
         finally:
             bar.close()
         moved = np.asarray(pix).reshape(-1, 3)[:npix]
@@ -1105,6 +1125,51 @@ def _cmd_color_transfer(args) -> int:
     return 0
 
 
+class _DeferredSignals:
+    """SIGINT/SIGTERM handling that stops at safe points.
+
+    An asynchronous ``KeyboardInterrupt`` can land inside JAX's dispatch machinery
+    and crash the interpreter at exit. Instead, the first signal is only recorded
+    and :meth:`check` (called between compiled chunks and before the output
+    directory is committed) raises ``KeyboardInterrupt``; a second signal raises at
+    once. Either way the staged output directory is removed.
+    """
+
+    def __init__(self):
+        self.pending: int | None = None
+
+    def _handler(self, signum, frame):
+        if self.pending is not None:
+            raise KeyboardInterrupt
+        self.pending = signum
+
+    def check(self) -> None:
+        """Raises ``KeyboardInterrupt`` if a signal arrived."""
+        if self.pending is not None:
+            raise KeyboardInterrupt
+
+    def install(self) -> Callable[[], None]:
+        """Installs the handlers; returns a function restoring the previous ones."""
+        import signal
+
+        self.pending = None
+        previous = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, self._handler)
+        except (ValueError, AttributeError):  # not the main thread
+            pass
+
+        def restore():
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+
+        return restore
+
+
+_SIGNALS = _DeferredSignals()
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -1123,6 +1188,7 @@ def main(argv: list[str] | None = None) -> int:
     # noise for a command-line user. Set TF_CPP_MIN_LOG_LEVEL yourself to see it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = build_parser()
+    restore = _SIGNALS.install()
     try:
         args = parser.parse_args(argv)
         return int(args.func(args))
@@ -1139,7 +1205,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _error(f"{type(e).__name__}: {e} (set {_ENV_DEBUG}=1 for a traceback)")
         return 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    finally:
+        restore()
+        _SIGNALS.pending = None

@@ -293,6 +293,24 @@ def test_diverging_flow_is_an_error(tmp_path, capsys, monkeypatch):
     assert not out.exists() and _leftovers(tmp_path) == []
 
 
+def test_interrupt_stops_at_a_safe_point_and_cleans_up(tmp_path, capsys, monkeypatch):
+    import signal
+
+    from mmdflow import flows
+
+    def interrupted_run(stepper, x0, y, *, callback, **kwargs):
+        signal.raise_signal(signal.SIGINT)  # only recorded by the CLI's handler ...
+        callback(1, {"mmd2": 1.0})  # ... and raised here, between chunks
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(flows, "run", interrupted_run)
+    out = tmp_path / "out"
+    rc, _, err = _run(capsys, "flow", "--n", 20, "--steps", 2, "--out", out)
+    assert rc == 130 and "interrupted" in err
+    assert not out.exists() and _leftovers(tmp_path) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
 def test_nonempty_out_needs_overwrite(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
