@@ -275,15 +275,16 @@ def run(
     y = check_points("y", y, d=state.x.shape[1], other="x0")
     kmmd = mmd_kernel if mmd_kernel is not None else stepper.kernel
 
+    # y and wy are arguments, not closed-over constants (no constant folding of the target)
     @jax.jit
-    def measure(x, wx):
-        return mmd2(x, y, kmmd, wx=wx, wy=wy, impl=impl)
+    def measure(x, wx, yy, wyy):
+        return mmd2(x, yy, kmmd, wx=wx, wy=wyy, impl=impl)
 
-    chunk = jax.jit(lambda s, n: scan(stepper, s, y, n, wy), static_argnums=1)
+    chunk = jax.jit(lambda s, yy, wyy, n: scan(stepper, s, yy, n, wyy), static_argnums=3)
     nan = float("nan")
     hist = {
         "step": [0],
-        "mmd2": [float(measure(state.x, state.wx))],
+        "mmd2": [float(measure(state.x, state.wx, y, wy))],
         "kinetic": [nan],
         "critic": [nan],
     }
@@ -293,11 +294,11 @@ def run(
     done = 0
     for _ in range(math.ceil(num_steps / record_every)):
         n = min(record_every, num_steps - done)
-        state, aux = chunk(state, n)
+        state, aux = chunk(state, y, wy, n)
         done += n
         rec = {
             "step": done,
-            "mmd2": float(measure(state.x, state.wx)),
+            "mmd2": float(measure(state.x, state.wx, y, wy)),
             "kinetic": float(aux["kinetic"][-1]),
             "critic": float(aux["critic"][-1]),
             "wall_time": time.perf_counter() - t0,
