@@ -31,8 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import cho_factor, cho_solve
@@ -40,7 +38,7 @@ from jax.scipy.sparse.linalg import cg
 
 from mmdflow._checks import check_points
 from mmdflow.features import RFF
-from mmdflow.kernels import HIGHEST, Kernel
+from mmdflow.kernels import HIGHEST, Kernel, _pytree
 from mmdflow.mmd import _weights, witness, witness_grad
 from mmdflow.ops import check_kernel, kernel_hessian_matvec
 
@@ -48,14 +46,6 @@ __all__ = ["RFFCritic", "ExactCritic", "rff_critic", "exact_critic", "CHOLESKY_M
 
 #: exact critics with n*d above this use matrix-free CG instead of Cholesky
 CHOLESKY_MAX_SIZE = 4096
-
-
-def _pytree(data, meta=()):
-    def wrap(cls):
-        cls = dataclasses.dataclass(frozen=True, eq=False)(cls)
-        return jax.tree_util.register_dataclass(cls, data_fields=list(data), meta_fields=list(meta))
-
-    return wrap
 
 
 def _inputs(x, y, wx, wy):

@@ -8,23 +8,11 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pytest
+from _notebooks import notebook_code
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "04_generator_kernelized_flow.ipynb"
 BENCH = ROOT / "benchmarks" / "generator_convergence.py"
-
-
-def _notebook_source(path):
-    nb = json.loads(path.read_text())
-    lines = []
-    for cell in nb["cells"]:
-        if cell["cell_type"] != "code":
-            continue
-        src = cell["source"]
-        src = "".join(src) if isinstance(src, list) else src
-        lines += [ln for ln in src.splitlines() if not ln.lstrip().startswith(("%", "!"))]
-        lines.append("")
-    return "\n".join(lines)
 
 
 def test_notebook_is_executed_and_small():
@@ -47,7 +35,7 @@ def test_notebook_runs_small(monkeypatch):
     monkeypatch.delitem(sys.modules, "generator_convergence", raising=False)
     ns = {"__name__": "__notebook__"}
     try:
-        exec(compile(_notebook_source(NOTEBOOK), str(NOTEBOOK), "exec"), ns)
+        exec(compile(notebook_code(NOTEBOOK), str(NOTEBOOK), "exec"), ns)
     finally:
         plt.close("all")
     assert ns["SMALL"] is True

@@ -12,6 +12,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pytest
+from _notebooks import notebook_code
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -19,19 +20,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.filterwarnings("ignore:.*non-interactive.*:UserWarning"),
 ]
-
-
-def _code(path: Path) -> str:
-    nb = json.loads(path.read_text(encoding="utf-8"))
-    lines = []
-    for cell in nb["cells"]:
-        if cell["cell_type"] != "code":
-            continue
-        src = cell["source"]
-        src = "".join(src) if isinstance(src, list) else src
-        lines += [l for l in src.splitlines() if not l.lstrip().startswith(("%", "!"))]
-        lines.append("")
-    return "\n".join(lines)
 
 
 def _run(name: str, monkeypatch) -> dict:
@@ -43,7 +31,7 @@ def _run(name: str, monkeypatch) -> dict:
     ns = {"__name__": "__notebook__"}
     try:
         with matplotlib.rc_context():  # the notebooks set rcParams (figure dpi)
-            exec(compile(_code(path), str(path), "exec"), ns)
+            exec(compile(notebook_code(path), str(path), "exec"), ns)
     finally:
         plt.close("all")
     return ns
