@@ -2,10 +2,20 @@
 
 Sweeps ``impl`` x ``op`` x ``n`` (= ``m``) x ``d`` (x kernel):
 
-* impl: ``dense`` and ``blocked`` (:mod:`mmdflow.ops`), plus ``plain_jax_chunked``,
+* impl: ``dense``, ``blocked`` and ``pallas`` (:mod:`mmdflow.ops`; ``pallas`` is the fused
+  Pallas/Triton path of :mod:`mmdflow.fused`), plus ``plain_jax_chunked``,
   a baseline written here in plain JAX (Gaussian only): rows of ``x`` in chunks
   via ``lax.map(..., batch_size=chunk)`` against all of ``y``, GEMM distance form,
   no ``jax.checkpoint``.
+
+``pallas`` off a GPU runs in Pallas *interpret mode* (a correctness tool, orders of magnitude
+slower than compiled code): it is run only with ``--quick`` and ``n <=
+--pallas-interpret-max-n``, and its records are labelled ``"interpret": true`` with a note;
+otherwise it is skipped with that reason. On a GPU backend the default sizes are the GPU
+config (n 16k ... 1M, d 2, 3, 16, 64, 784), and each record also reports
+``exp_unit_fraction``: Gpairs/s over the device's exp-unit bound (one ``exp`` per pair on
+the SFUs: ~4,200 Gpairs/s on an H100/H200 SXM: 132 SMs x 16 SFU/clk x ~1.98 GHz), a
+roofline for the Gaussian kernel sums (``matvec``, ``grad_matvec``).
 * op: ``matvec`` (``kernel_matvec``), ``grad_matvec`` (``kernel_grad_matvec``,
   ``[n, d]``) and ``grad_of_mmd2`` (``jax.grad`` of the biased ``mmd2`` w.r.t. ``x``;
   it evaluates three kernel sums, xx, yy and xy, forward plus their backward pass).
@@ -25,6 +35,7 @@ Usage:
   python benchmarks/kernel_sums.py --quick
   python benchmarks/kernel_sums.py --n 4096 16384 --d 2 16 64
   python benchmarks/kernel_sums.py --kernels gaussian imq --ops grad_matvec
+  python benchmarks/kernel_sums.py --impls blocked pallas     # on a GPU: the GPU config
 
 Writes JSON (metadata header + records) to ``--out`` and prints a markdown table
 to stdout; progress goes to stderr.
@@ -51,11 +62,11 @@ import numpy as np
 from jax import lax
 
 import mmdflow
-from mmdflow import kernels, ops
+from mmdflow import fused, kernels, ops
 
 HIGHEST = lax.Precision.HIGHEST
 SCHEMA = "mmdflow.bench.kernel_sums/1"
-IMPLS = ("dense", "blocked", "plain_jax_chunked")
+IMPLS = ("dense", "blocked", "pallas", "plain_jax_chunked")
 OPS = ("matvec", "grad_matvec", "grad_of_mmd2")
 KERNELS = ("gaussian", "imq", "laplace", "mixture")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -63,6 +74,17 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 QUICK_N, QUICK_D = (1024, 2048), (2, 16)
 CPU_N, CPU_D = (4096, 16384, 65536), (2, 3, 16, 64)
 GPU_N, GPU_D = (16384, 65536, 262144, 1048576), (2, 3, 16, 64, 784)
+PALLAS_INTERPRET_MAX_N = 1024  # largest n run in Pallas interpret mode off a GPU (--quick only)
+# exp-unit bound in Gpairs/s (one exp per pair on the SFUs): device-kind substring -> bound
+EXP_UNIT_GPAIRS = {"H100": 4200.0, "H200": 4200.0}
+
+
+def exp_unit_bound(device_kind: str) -> float | None:
+    """The exp-unit bound (Gpairs/s) of a device kind, or None when unknown."""
+    for key, bound in EXP_UNIT_GPAIRS.items():
+        if key in device_kind:
+            return bound
+    return None
 
 
 # ---------------------------------------------------------------- kernels
@@ -115,7 +137,7 @@ def plain_mmd2(h, x, y, chunk):
 
 
 # ---------------------------------------------------------------- the benchmarked functions
-def build_fn(impl: str, op: str, block_size: int, chunk: int):
+def build_fn(impl: str, op: str, block_size, chunk: int):
     """Returns ``f(k, x, y, w)`` to jit (``k`` is a kernel pytree)."""
     if impl == "plain_jax_chunked":
         if op == "matvec":
@@ -172,6 +194,7 @@ def metadata(args, sizes) -> dict:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "loadavg_start": _loadavg(),
         "dtype": "float32",
+        "exp_unit_bound_gpairs": exp_unit_bound(dev.device_kind),
         "config": {
             "quick": args.quick,
             "n": list(sizes[0]),
@@ -181,6 +204,8 @@ def metadata(args, sizes) -> dict:
             "kernels": list(args.kernels),
             "repeats": args.repeats,
             "block_size": args.block_size,
+            "pallas_block_size": args.pallas_block_size,
+            "pallas_interpret_max_n": args.pallas_interpret_max_n,
             "chunk": args.chunk,
             "max_dense_bytes": args.max_dense_bytes,
             "max_temp_bytes": args.max_temp_bytes,
@@ -192,6 +217,8 @@ def metadata(args, sizes) -> dict:
             "compile_s": "wall time of jax.jit(f).lower(*args).compile()",
             "run_s": "median wall time of compiled(*args) + block_until_ready, after 1 warm-up",
             "gpairs_per_s": "n * m / run_s / 1e9 (nominal for grad_of_mmd2: ~3nm pairs fwd+bwd)",
+            "exp_unit_fraction": "gpairs_per_s / exp_unit_bound_gpairs (GPUs with a known bound)",
+            "interpret": "pallas ran in Pallas interpret mode (not a GPU kernel; not a speed)",
             "temp_bytes": "compiled.memory_analysis().temp_size_in_bytes",
             "inputs": "x ~ N(0, I), y ~ N(0.5, I), w ~ U(0.5, 1.5)/m; bandwidth sqrt(2 d)",
         },
@@ -268,9 +295,9 @@ def markdown_table(records: list[dict]) -> str:
         for r in records
         if r["impl"] == "dense" and r["status"] == "ok"
     }
-    cols = ["kernel", "op", "impl", "n", "d", "compile s", "run ms", "Gpairs/s", "temp MB"]
-    head = "| " + " | ".join([*cols, "vs dense", "note"]) + " |\n"
-    head += "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n"
+    cols = ["kernel", "op", "impl", "n", "d", "compile s", "run ms", "Gpairs/s", "exp frac"]
+    head = "| " + " | ".join([*cols, "temp MB", "vs dense", "note"]) + " |\n"
+    head += "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
     order = lambda r: (
         r["kernel"],
         OPS.index(r["op"]),
@@ -283,13 +310,15 @@ def markdown_table(records: list[dict]) -> str:
         ok = r["status"] == "ok"
         ref = dense.get((r["kernel"], r["op"], r["n"], r["d"]))
         ratio = f"{r['run_s'] / ref:.2f}x" if ok and ref and r["impl"] != "dense" else ""
+        impl = r["impl"] + (" (interpret)" if r.get("interpret") else "")
         temp = r.get("temp_bytes")
         note = r.get("reason") or r.get("note") or ""
         rows.append(
-            f"| {r['kernel']} | {r['op']} | {r['impl']} | {r['n']} | {r['d']} "
+            f"| {r['kernel']} | {r['op']} | {impl} | {r['n']} | {r['d']} "
             f"| {_fmt(r.get('compile_s'), '.2f')} "
             f"| {_fmt(r['run_s'] * 1e3 if ok else None, '.2f')} "
             f"| {_fmt(r.get('gpairs_per_s'), '.3f')} "
+            f"| {_fmt(r.get('exp_unit_fraction'), '.3f')} "
             f"| {_fmt(temp / 1e6 if temp is not None else None, '.1f')} "
             f"| {ratio} | {note} |"
         )
@@ -314,6 +343,21 @@ def parse_args(argv=None):
         help="timed runs after 1 warm-up; the median is reported (default 5, 3 with --quick)",
     )
     p.add_argument("--block-size", type=int, default=ops.DEFAULT_BLOCK_SIZE)
+    p.add_argument(
+        "--pallas-block-size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("ROWS", "COLS"),
+        help="tiles of the pallas impl (powers of two in [16, 256]); default: "
+        f"({fused.DEFAULT_BLOCK_ROWS}, {fused.DEFAULT_BLOCK_COLS})",
+    )
+    p.add_argument(
+        "--pallas-interpret-max-n",
+        type=int,
+        default=PALLAS_INTERPRET_MAX_N,
+        help="off a GPU, pallas runs (in interpret mode) only with --quick and n <= this",
+    )
     p.add_argument("--chunk", type=int, default=1024, help="lax.map batch_size of the baseline")
     p.add_argument(
         "--max-dense-bytes",
@@ -383,6 +427,13 @@ def skip_reason(args, kname, op, impl, n, m, d, prev) -> str | None:
     """Why a configuration is not run (``None``: run it). ``prev = (n, run_s)`` or None."""
     if impl == "plain_jax_chunked" and kname != "gaussian":
         return "plain-JAX baseline is Gaussian-only"
+    if impl == "pallas" and jax.default_backend() != "gpu":
+        if not args.quick or n > args.pallas_interpret_max_n:
+            return (
+                "pallas off a GPU runs in Pallas interpret mode (not a performance number): "
+                f"only with --quick and n <= --pallas-interpret-max-n "
+                f"({args.pallas_interpret_max_n}); GPU: pending"
+            )
     if known_crash(args, op, impl, n, m, d):
         return (
             "known crash: jit(grad(mmd2, impl='blocked')) segfaults on CPU (jax 0.10.2) "
@@ -414,7 +465,7 @@ def run_config(args, kname, op, impl, n, d, prev) -> dict:
         "m": m,
         "d": d,
         "bandwidth": bandwidth,
-        "block_size": args.block_size if impl == "blocked" else None,
+        "block_size": _block_record(args, impl),
         "chunk": args.chunk if impl == "plain_jax_chunked" else None,
     }
     reason = skip_reason(args, kname, op, impl, n, m, d, prev)
@@ -423,11 +474,38 @@ def run_config(args, kname, op, impl, n, d, prev) -> dict:
         return rec
     k = make_kernel(kname, bandwidth)
     x, y, w = make_inputs(n, d, args.seed)
-    fn = build_fn(impl, op, args.block_size, args.chunk)
+    fn = build_fn(impl, op, _block_of(args, impl), args.chunk)
+    if impl == "pallas" and jax.default_backend() != "gpu":
+        rec["interpret"] = True
+        rec["note"] = "Pallas interpret mode on CPU: a correctness run, not a speed"
     rec.update(bench_one(fn, k, (x, y, w), args.repeats, args.max_temp_bytes, args.slow_s))
     if rec["status"] == "ok":
         rec["gpairs_per_s"] = n * m / rec["run_s"] / 1e9
+        bound = exp_unit_bound(jax.devices()[0].device_kind)
+        if bound is not None and not rec.get("interpret"):
+            rec["exp_unit_fraction"] = rec["gpairs_per_s"] / bound
     return rec
+
+
+def _block_of(args, impl):
+    """The tile argument passed to ``ops`` for ``impl`` (None where it has none)."""
+    if impl == "blocked":
+        return args.block_size
+    if impl == "pallas":
+        # the blocked default stands for the fused default tiles (see mmdflow.ops)
+        bs = args.pallas_block_size
+        return tuple(bs) if bs else ops.DEFAULT_BLOCK_SIZE
+    return args.block_size
+
+
+def _block_record(args, impl):
+    """The tiles recorded in the JSON: ``block_size`` (blocked), ``[rows, cols]`` (pallas)."""
+    if impl == "blocked":
+        return args.block_size
+    if impl == "pallas":
+        bs = args.pallas_block_size
+        return list(bs) if bs else [fused.DEFAULT_BLOCK_ROWS, fused.DEFAULT_BLOCK_COLS]
+    return None
 
 
 def _progress(rec: dict) -> str:

@@ -1,6 +1,6 @@
 """Kernel sums over point sets: ``gram``, ``kernel_matvec``, ``kernel_grad_matvec``.
 
-Each op has two implementations selected by ``impl``:
+Each op has these implementations, selected by ``impl``:
 
 * ``"dense"``: the reference. Builds the ``[n, m]`` kernel matrix from the
   point-wise ``k(x, y)`` (and ``jax.grad`` of it); simple, exact, O(n m) memory.
@@ -11,9 +11,21 @@ Each op has two implementations selected by ``impl``:
   carries). Translation-invariant kernels in more than ``DIRECT_MAX_D``
   dimensions are centred first and use the GEMM distance form at full fp32
   (``HIGHEST``) precision.
-* ``"auto"`` (default): blocked (a single tile, without loops, when both sets fit in one
-  block). Measured on CPU it is never slower than dense forward and 7-12x faster in reverse
-  mode (``benchmarks/RESULTS.md``); the dense path is kept as the reference.
+* ``"pallas"``: fused kernels (:mod:`mmdflow.fused`) for ``kernel_matvec`` and
+  ``kernel_grad_matvec`` with radial kernels (``Gaussian``, ``MixtureRBF``, ``IMQ``, ``Laplace``,
+  ``RationalQuadratic``, ``Energy``): flash-attention-style tiles kept in registers, a
+  ``custom_vjp`` whose backward passes (points, weights and kernel hyperparameters) are fused
+  kernel sums too. On a GPU it compiles with Pallas' Triton backend; elsewhere it runs in Pallas
+  interpret mode (exact but slow: for tests). ``block_size`` is rounded down to a power of two in
+  ``[16, 256]``; the blocked default (``DEFAULT_BLOCK_SIZE``) means the fused default tiles.
+  Other kernels raise ``ValueError``. No forward-mode autodiff (``jvp``/``jacfwd``) through it;
+  ``kernel_hessian_matvec`` has no fused path and uses the blocked one.
+* ``"auto"`` (default): blocked; ``"pallas"`` on a GPU backend for supported kernels and
+  fp32/bf16/fp16 inputs when ``AUTO_PALLAS_ON_GPU`` is set (off until the fused kernels have
+  been validated on a real GPU), otherwise blocked (a single tile,
+  without loops, when both sets fit in one block). Measured on CPU blocked is never slower than
+  dense forward and 7-12x faster in reverse mode (``benchmarks/RESULTS.md``); the dense path is
+  kept as the reference.
 
 Weights ``w`` may be ``[m]`` (a single sum) or ``[m, k]`` (k sums at once).
 
@@ -37,6 +49,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mmdflow import fused
 from mmdflow._checks import check_block_size, check_points, check_weights
 from mmdflow.kernels import DIRECT_MAX_D, HIGHEST, Kernel
 
@@ -48,11 +61,17 @@ __all__ = [
     "IMPLS",
     "AUTO_DENSE_MAX_PAIRS",
     "DEFAULT_BLOCK_SIZE",
+    "AUTO_PALLAS_ON_GPU",
 ]
 
-IMPLS = ("auto", "dense", "blocked")
+IMPLS = ("auto", "dense", "blocked", "pallas")
 AUTO_DENSE_MAX_PAIRS = 0  # "auto" uses dense only up to this many pairs
 DEFAULT_BLOCK_SIZE = 1024
+# "auto" picks the fused path on a GPU backend (supported kernels) when set. Off until the
+# fused kernels have run on a real GPU (so far: interpret-mode tests and Triton lowering and
+# compilation for sm_90 on CPU only); set it to True, or pass impl="pallas", to use them.
+AUTO_PALLAS_ON_GPU = False
+_AUTO_PALLAS_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
 def check_kernel(k) -> Kernel:
@@ -63,12 +82,34 @@ def check_kernel(k) -> Kernel:
     return k
 
 
-def resolve_impl(impl: str, n: int, m: int) -> str:
+def resolve_impl(impl: str, n: int, m: int, k: Kernel | None = None, dtype=None) -> str:
+    """The implementation ``impl`` stands for: ``"auto"`` resolved, ``"pallas"`` checked.
+
+    ``"auto"`` is ``"pallas"`` only when a kernel ``k`` (and ``dtype``) is given, the default
+    backend is a GPU, ``AUTO_PALLAS_ON_GPU`` is set and :func:`mmdflow.fused.supports` them.
+    """
     if impl not in IMPLS:
         raise ValueError(f"`impl` must be one of {IMPLS}; got {impl!r}.")
     if impl == "auto":
+        if (
+            k is not None
+            and AUTO_PALLAS_ON_GPU
+            and jax.default_backend() == "gpu"
+            and jnp.dtype(dtype) in _AUTO_PALLAS_DTYPES
+            and fused.supports(k, dtype)
+        ):
+            return "pallas"
         return "dense" if n * m <= AUTO_DENSE_MAX_PAIRS else "blocked"
+    if impl == "pallas" and k is not None:
+        fused.check_supported(k)
     return impl
+
+
+def _fused_blocks(block_size):
+    """``block_size`` for the fused path: the blocked default means the fused default."""
+    if isinstance(block_size, int) and block_size == DEFAULT_BLOCK_SIZE:
+        return None
+    return block_size
 
 
 def _prepare(k, x, y, w):
@@ -189,16 +230,18 @@ def kernel_matvec(
       x: ``[n, d]`` query points.
       y: ``[m, d]`` source points.
       w: ``[m]`` or ``[m, k]`` weights.
-      impl: ``"auto"``, ``"dense"`` or ``"blocked"``.
-      block_size: tile size (int, or ``(rows, cols)``) of the blocked path.
+      impl: ``"auto"``, ``"dense"``, ``"blocked"`` or ``"pallas"``.
+      block_size: tile size (int, or ``(rows, cols)``) of the blocked (or fused) path.
 
     Returns:
       ``[n]`` (or ``[n, k]``) in the promoted floating dtype of the inputs.
     """
     x, y, w, vec = _prepare(k, x, y, w)
-    impl = resolve_impl(impl, x.shape[0], y.shape[0])
+    impl = resolve_impl(impl, x.shape[0], y.shape[0], k, x.dtype)
     if impl == "dense":
         out = _dense_matvec(k, x, y, w)
+    elif impl == "pallas":
+        out = fused.kernel_matvec(k, x, y, w, block_size=_fused_blocks(block_size))
     else:
         out = _blocked_matvec(k, x, y, w, block_size)
     return out[:, 0] if vec else out
@@ -220,16 +263,18 @@ def kernel_grad_matvec(
       x: ``[n, d]`` points where gradients are taken.
       y: ``[m, d]`` source points.
       w: ``[m]`` or ``[m, k]`` weights.
-      impl: ``"auto"``, ``"dense"`` or ``"blocked"``.
-      block_size: tile size of the blocked path.
+      impl: ``"auto"``, ``"dense"``, ``"blocked"`` or ``"pallas"``.
+      block_size: tile size of the blocked (or fused) path.
 
     Returns:
       ``[n, d]`` (or ``[n, k, d]`` for ``[m, k]`` weights).
     """
     x, y, w, vec = _prepare(k, x, y, w)
-    impl = resolve_impl(impl, x.shape[0], y.shape[0])
+    impl = resolve_impl(impl, x.shape[0], y.shape[0], k, x.dtype)
     if impl == "dense":
         out = _dense_grad_matvec(k, x, y, w)
+    elif impl == "pallas":
+        out = fused.kernel_grad_matvec(k, x, y, w, block_size=_fused_blocks(block_size))
     else:
         out = _blocked_grad_matvec(k, x, y, w, block_size)
     return out[:, 0, :] if vec else out
@@ -254,7 +299,8 @@ def kernel_hessian_matvec(
       x: ``[n, d]`` points.
       y: ``[m, d]`` points.
       e: ``[m, d]`` vectors, one per point of ``y``.
-      impl: ``"auto"``, ``"dense"`` or ``"blocked"``.
+      impl: ``"auto"``, ``"dense"`` or ``"blocked"`` (``"pallas"``: no fused path here; the
+        blocked one is used).
       block_size: tile size of the blocked path.
 
     Returns:
