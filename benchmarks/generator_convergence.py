@@ -32,9 +32,14 @@ One jitted step per direction is shared by all runs (the learning rate lives in
 the optimizer state through ``optax.inject_hyperparams``), so each direction
 compiles once.
 
+``--equal-time SECONDS`` runs a different comparison instead (see :func:`equal_time`):
+the kernelized direction at several CG iteration caps (``--cg-budgets``) against Adam
+MMD-GD, each for the same training time.
+
 Usage:
   python benchmarks/generator_convergence.py --quick     # smoke run, < 1 min
   python benchmarks/generator_convergence.py             # full run (~15 min, 2-core CPU)
+  python benchmarks/generator_convergence.py --equal-time 20 --mixtures 8gaussians
 """
 
 from __future__ import annotations
@@ -65,19 +70,24 @@ METHODS = {
     "grad-penalty": ("grad-penalty", optax.sgd),
     "mmd-gd": ("mmd-gd", optax.sgd),
     "mmd-gd-adam": ("mmd-gd", optax.adam),
+    "param-sobolev": ("param-sobolev", optax.sgd),
 }
+#: methods run by default (variant A, "param-sobolev", on request: ``--methods``)
+DEFAULT_METHODS = ("kernelized", "grad-penalty", "mmd-gd", "mmd-gd-adam")
 #: learning-rate grids of the sweep (full run / --quick)
 LR_GRID = {
     "kernelized": (0.2, 0.5, 1.0),
     "grad-penalty": (0.1, 0.3, 1.0, 3.0),
     "mmd-gd": (0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
     "mmd-gd-adam": (1e-3, 3e-3, 1e-2, 3e-2),
+    "param-sobolev": (0.1, 0.3, 1.0, 3.0),
 }
 LR_GRID_QUICK = {
     "kernelized": (0.5,),
     "grad-penalty": (3.0,),
     "mmd-gd": (5.0,),
     "mmd-gd-adam": (3e-3,),
+    "param-sobolev": (0.5,),
 }
 MIXTURES = ("8gaussians", "grid25", "random6")
 
@@ -221,6 +231,115 @@ def _fmt(x):
     return f"{x:.2e}" if math.isfinite(x) else str(x)
 
 
+# --------------------------------------------------------------------------- equal time
+
+
+def equal_time(a, kernel, hidden, latent_dim, log):
+    """``--equal-time SECONDS``: kernelized at several CG caps vs Adam MMD-GD at equal time.
+
+    Per configuration, ms/step is calibrated first (interleaved rounds of 40 steps, the
+    minimum over rounds of the median, so that load changes hit all configurations alike);
+    each run then takes ``SECONDS / (ms/step)`` steps on the first mixture. Reported: the
+    mean held-out MMD^2 of the last 3 of 10 evaluations, per seed and mean ± std.
+    """
+    batch = a.batch_size or 128
+    n_eval = a.eval_samples or 2000
+    seeds = list(range(a.seeds or 3))
+    configs = [(f"kernelized-cg{c}", "kernelized", a.kernelized_lr, c) for c in a.cg_budgets]
+    configs.append(("mmd-gd-adam", "mmd-gd-adam", a.adam_lr, 1))
+    trainers = {}
+    for label, method, lr, cap in configs:
+        kind, opt = METHODS[method]
+        gen = train.MLPGenerator(latent_dim, 2, hidden, rngs=nnx.Rngs(0))
+        tx = optax.inject_hyperparams(opt)(learning_rate=lr)
+        trainers[label] = train.GeneratorTrainer(
+            gen, tx, kernel, kind=kind, reg=a.reg, batch_size=batch, cg_maxiter=cap
+        )
+    mix = make_mixture(a.mixtures[0])
+    y_train = jnp.asarray(sample_mixture(mix, 4096, seed=100))
+    y_eval = jnp.asarray(sample_mixture(mix, n_eval, seed=200))
+    z_eval = jax.random.normal(jax.random.key(12345), (n_eval, latent_dim))
+    gen_fn = next(iter(trainers.values())).gen_fn
+    evaluate = jax.jit(
+        lambda params, z, y: mmd2(gen_fn(params, z), y, kernel, estimator="unbiased")
+    )
+    ms = {label: [] for label in trainers}
+    for _ in range(2):
+        for label, tr in trainers.items():
+            state, times = tr.init(jax.random.key(0)), []
+            for _ in range(40):
+                t0 = time.perf_counter()
+                state, _ = tr.step(state, y_train)
+                jax.block_until_ready(state)
+                times.append(time.perf_counter() - t0)
+            ms[label].append(1e3 * statistics.median(times[5:]))
+    ms = {label: min(v) for label, v in ms.items()}
+    log(f"calibrated ms/step: {ms}")
+    rows = []
+    for label, method, lr, cap in configs:
+        steps = max(int(a.equal_time * 1e3 / ms[label]), 10)
+        runs = []
+        for seed in seeds:
+            r = run_one(
+                trainers[label], method, lr, seed, y_train, y_eval, z_eval, evaluate, steps,
+                max(steps // 10, 1), hidden,
+            )  # fmt: skip
+            r.pop("samples")
+            runs.append(r)
+            log(f"{label} seed {seed}: {steps} steps, tail MMD2 {_fmt(r['tail_mmd2'])}")
+        tails = [r["tail_mmd2"] for r in runs]
+        rows.append(
+            {
+                "config": label,
+                "method": method,
+                "lr": lr,
+                "cg_maxiter": cap if method == "kernelized" else None,
+                "calibrated_ms_per_step": ms[label],
+                "steps": steps,
+                "tail_mmd2": _stats(tails),
+                "cg_iterations_mean": float(np.mean([r["cg_iterations_mean"] for r in runs])),
+                "cg_residual_median": float(np.median([r["cg_residual_median"] for r in runs])),
+                "runs": runs,
+            }
+        )
+    meta = {
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "platform": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        "cpu_count": os.cpu_count(),
+        "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "config": {
+            "equal_time_s": a.equal_time,
+            "mixture": a.mixtures[0],
+            "seeds": seeds,
+            "batch_size": batch,
+            "reg": a.reg,
+            "cg_tol": next(iter(trainers.values())).cg_tol,
+            "eval_samples": n_eval,
+            "generator": f"MLPGenerator(latent_dim={latent_dim}, out_dim=2, hidden={hidden})",
+            "kernel": "MixtureRBF((0.1, 0.3, 1.0))",
+            "metric": "mean held-out unbiased MMD^2 of the last 3 of 10 evaluations",
+        },
+    }
+    out = a.out or f"benchmarks/results/generator_equal_time_{jax.default_backend()}.json"
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as f:
+        f.write(dumps({"meta": meta, "rows": rows}))
+    print(f"## Equal training time {a.equal_time:g} s ({a.mixtures[0]}, {len(seeds)} seeds)\n")
+    print("| config | lr | ms/step | steps | held-out MMD^2 | CG iters | CG rel. residual |")
+    print("|---|---|---:|---:|---|---:|---:|")
+    for r in rows:
+        t = r["tail_mmd2"]
+        print(
+            f"| {r['config']} | {r['lr']:g} | {r['calibrated_ms_per_step']:.1f} | {r['steps']} | "
+            f"{_fmt(t['mean'])} ± {_fmt(t['std'])} | {r['cg_iterations_mean']:.1f} | "
+            f"{r['cg_residual_median']:.2f} |"
+        )
+    print(f"\nwrote {out}")
+    return rows
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -233,15 +352,30 @@ def main(argv=None):
     p.add_argument(
         "--reg", type=float, default=1e-2, help="ridge lambda (kernelized, grad-penalty)"
     )
-    p.add_argument("--cg-maxiter", type=int, default=50)
+    p.add_argument(
+        "--cg-maxiter",
+        type=int,
+        default=train.GeneratorTrainer.cg_maxiter,
+        help="CG iteration cap (default: the trainer's)",
+    )
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--eval-samples", type=int, default=None)
     p.add_argument("--mixtures", nargs="+", default=list(MIXTURES), choices=MIXTURES)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS))
     p.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     p.add_argument(
         "--save-samples", type=int, default=500, help="generated samples kept (seed-0 runs only)"
     )
+    p.add_argument(
+        "--equal-time",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="instead: kernelized at each --cg-budgets cap vs Adam MMD-GD at equal time",
+    )
+    p.add_argument("--cg-budgets", type=int, nargs="+", default=[50, 20, 10])
+    p.add_argument("--kernelized-lr", type=float, default=0.5, help="(--equal-time)")
+    p.add_argument("--adam-lr", type=float, default=3e-3, help="(--equal-time)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     steps = a.steps or (20 if a.quick else 300)
@@ -259,6 +393,8 @@ def main(argv=None):
     def log(msg):
         print(f"[{time.perf_counter() - t_start:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
+    if a.equal_time is not None:
+        return equal_time(a, kernel, hidden, latent_dim, log)
     trainers = make_trainers(a.methods, kernel, batch, a.reg, hidden, latent_dim, a.cg_maxiter)
     gen_fn = next(iter(trainers.values())).gen_fn
     evaluate = jax.jit(

@@ -152,6 +152,14 @@ class ExactCritic:
         return (g - kernel_hessian_matvec(self.kernel, z, self.x, self.e)) / self.reg
 
 
+def cross_hessian_matrix(k: Kernel, x: jax.Array) -> jax.Array:
+    """Dense derivative-feature Gram ``[n d, n d]``: block ``(i, j)`` is ``d^2 k(x_i, x_j) / dx dy``."""
+    n, d = x.shape
+    hess = jax.jacfwd(jax.grad(k, argnums=0), argnums=1)
+    h = jax.vmap(lambda xi: jax.vmap(lambda xj: hess(xi, xj))(x))(x)  # [n, n, d, d]
+    return jnp.transpose(h, (0, 2, 1, 3)).reshape(n * d, n * d)
+
+
 def exact_critic(
     k: Kernel,
     x: jax.Array,
@@ -164,6 +172,7 @@ def exact_critic(
     cg_tol: float = 1e-6,
     cg_maxiter: int = 200,
     impl: str = "auto",
+    mmd2: jax.Array | None = None,
 ) -> ExactCritic:
     """Regularized Sobolev critic with the exact kernel (derivative features at the particles).
 
@@ -177,6 +186,10 @@ def exact_critic(
         blocked Hessian matvecs) or ``"auto"`` (Cholesky up to ``CHOLESKY_MAX_SIZE``).
       cg_tol, cg_maxiter: CG stopping rule.
       impl: kernel-sum implementation for the matrix-free parts.
+      mmd2: optional precomputed biased MMD^2 ``|delta|^2`` of the same points and
+        weights (e.g. the loss the caller already evaluated); skips the two witness
+        passes that would compute it. Not checked: a wrong value gives a wrong
+        ``discrepancy_sq`` (the velocity ``grad_at_x`` does not depend on it).
 
     Returns:
       An :class:`ExactCritic`.
@@ -186,15 +199,17 @@ def exact_critic(
         raise ValueError(f"`solver` must be 'auto', 'cholesky' or 'cg'; got {solver!r}.")
     x, y, a, b = _inputs(x, y, wx, wy)
     n, d = x.shape
+    if mmd2 is not None:
+        mmd2 = jnp.asarray(mmd2, x.dtype)
+        if mmd2.shape != ():
+            raise ValueError(f"`mmd2` must be a scalar; got shape {tuple(mmd2.shape)}.")
     if solver == "auto":
         solver = "cholesky" if n * d <= CHOLESKY_MAX_SIZE else "cg"
     g = witness_grad(x, x, y, k, wx=a, wy=b, impl=impl)  # grad of <delta, phi(.)> at particles
     sa = jnp.sqrt(a)
     rhs = sa[:, None] * g
     if solver == "cholesky":
-        hess = jax.jacfwd(jax.grad(k, argnums=0), argnums=1)
-        h = jax.vmap(lambda xi: jax.vmap(lambda xj: hess(xi, xj))(x))(x)  # [n, n, d, d]
-        h = jnp.transpose(h, (0, 2, 1, 3)).reshape(n * d, n * d)
+        h = cross_hessian_matrix(k, x)
         sr = jnp.repeat(sa, d)
         gmat = sr[:, None] * h * sr[None, :] + reg * jnp.eye(n * d, dtype=h.dtype)
         c = cho_solve(cho_factor(gmat), rhs.reshape(n * d)).reshape(n, d)
@@ -210,10 +225,13 @@ def exact_critic(
         c, _ = cg(matvec, rhs, tol=cg_tol, maxiter=cg_maxiter)
         e = sa[:, None] * c
         hm = kernel_hessian_matvec(k, x, x, e, impl=impl)
-    # |delta|^2 (biased MMD^2 in the kernel's RKHS): b.K_yy.b + a.K_xx.a - 2 a.K_xy.b
-    wit_y = witness(y, x, y, k, wx=a, wy=b, impl=impl)
-    wit_x = witness(x, x, y, k, wx=a, wy=b, impl=impl)
-    mmd2 = jnp.dot(b, wit_y) - jnp.dot(a, wit_x)
+    if mmd2 is None:
+        # |delta|^2 (biased MMD^2 in the kernel's RKHS): b.K_yy.b + a.K_xx.a - 2 a.K_xy.b.
+        # It is not a function of the derivative features used above (the component of
+        # delta orthogonal to them is invisible to the solve), so it takes kernel values.
+        wit_y = witness(y, x, y, k, wx=a, wy=b, impl=impl)
+        wit_x = witness(x, x, y, k, wx=a, wy=b, impl=impl)
+        mmd2 = jnp.dot(b, wit_y) - jnp.dot(a, wit_x)
     disc = (mmd2 - jnp.sum(rhs * c)) / reg
     grad_x = (g - hm) / reg
     return ExactCritic(

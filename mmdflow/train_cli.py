@@ -27,7 +27,9 @@ from mmdflow.cli import (
     _write_json,
 )
 
-DEFAULT_LR = {"kernelized": 0.5, "grad-penalty": 0.5, "mmd-gd": 5.0}
+DEFAULT_LR = {"kernelized": 0.5, "param-sobolev": 0.5, "grad-penalty": 0.5, "mmd-gd": 5.0}
+#: solver settings of runs written before they were recorded (for --resume of such runs)
+LEGACY_SOLVER_SETTINGS = {"solver": "auto", "cg_maxiter": 50}
 NUM_SAMPLES = 2000
 
 
@@ -38,15 +40,17 @@ def add_parser(sub) -> None:
         description=(
             "Train a Flax generator on TARGET (a 2-D shape name, 'digits', or an [N, d] .npy "
             "file) by descending along the parametric kernelized direction of MMD GAN "
-            "(variant B; Mroueh & Nguyen 2021 as reconstructed), plain MMD-GAN gradient "
-            "descent, or the data-space gradient-penalty direction."
+            "(variant B; Mroueh & Nguyen 2021 as reconstructed), its parametric-Sobolev "
+            "variant A, the data-space gradient-penalty direction (variant C), or plain "
+            "MMD-GAN gradient descent."
         ),
     )
     t.add_argument(
         "--direction",
-        choices=("kernelized", "mmd-gd", "grad-penalty"),
+        choices=("kernelized", "param-sobolev", "grad-penalty", "mmd-gd"),
         default="kernelized",
-        help="update direction (default kernelized)",
+        help="update direction: kernelized (variant B), param-sobolev (variant A), "
+        "grad-penalty (variant C), mmd-gd (default kernelized)",
     )
     t.add_argument("--target", default="8gaussians", help="target data (default 8gaussians)")
     t.add_argument(
@@ -59,7 +63,20 @@ def add_parser(sub) -> None:
         "--lr",
         type=_positive_float,
         default=None,
-        help="SGD learning rate (default: kernelized/grad-penalty 0.5, mmd-gd 5)",
+        help="SGD learning rate (default: mmd-gd 5, the others 0.5)",
+    )
+    t.add_argument(
+        "--cg-maxiter",
+        type=_int_at_least(1),
+        default=None,
+        help="CG iteration cap (default 20: truncated CG for kernelized)",
+    )
+    t.add_argument(
+        "--solver",
+        choices=("auto", "cholesky", "cg"),
+        default="auto",
+        help="linear solver of param-sobolev / grad-penalty (default auto: Cholesky up to "
+        "M*d = 4096)",
     )
     t.add_argument(
         "--bandwidth", type=_positive_float, default=None, help="base bandwidth (default: median)"
@@ -119,10 +136,27 @@ def _build(args, y_train, bandwidth):
         gen = train.MLPGenerator(min(max(d, 2), 16), d, (128, 128), rngs=rngs)
     kernel, kinfo = _make_kernel("mixture", bandwidth)
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.direction]
+    kw = {} if args.cg_maxiter is None else {"cg_maxiter": args.cg_maxiter}
     trainer = train.GeneratorTrainer(
-        gen, optax.sgd(lr), kernel, kind=args.direction, reg=args.reg, batch_size=args.batch_size
+        gen,
+        optax.sgd(lr),
+        kernel,
+        kind=args.direction,
+        reg=args.reg,
+        batch_size=args.batch_size,
+        solver=args.solver,
+        **kw,
     )
     return trainer, trainer.init(jax.random.key(args.seed)), kinfo, lr
+
+
+def _solver_settings(direction: str, trainer) -> dict:
+    """The linear-solver settings that change the results of ``direction``."""
+    if direction == "kernelized":
+        return {"cg_maxiter": trainer.cg_maxiter}
+    if direction in ("param-sobolev", "grad-penalty"):
+        return {"solver": trainer.solver, "cg_maxiter": trainer.cg_maxiter}
+    return {}
 
 
 def cmd_train(args) -> int:
@@ -136,12 +170,6 @@ def cmd_train(args) -> int:
         if not (out / "checkpoint.npz").exists():
             raise CLIError(f"--resume: no checkpoint.npz in --out {str(out)!r}")
         prev = json.loads((out / "metrics.json").read_text())
-        for key in ("direction", "target", "n", "batch_size", "reg", "seed"):
-            if prev["settings"][key] != getattr(args, key):
-                raise CLIError(
-                    f"--resume: --{key.replace('_', '-')} {getattr(args, key)!r} differs from "
-                    f"the run in DIR ({prev['settings'][key]!r})"
-                )
         prev_hist = prev["history"]
     y_all = _load_points("--target", args.target, args.n + NUM_SAMPLES, args.seed)
     y_train, y_eval = _split(y_all, args.seed)
@@ -149,8 +177,21 @@ def cmd_train(args) -> int:
         bandwidth = prev["settings"]["bandwidth"]
     else:
         bandwidth = args.bandwidth or _median_bandwidth(y_train, y_eval, option="--target")
-    trainer, state, kinfo, lr = _build(args, y_train, bandwidth)
+    try:
+        trainer, state, kinfo, lr = _build(args, y_train, bandwidth)
+    except ValueError as e:  # option combinations the trainer rejects (e.g. --solver)
+        raise CLIError(str(e)) from None
+    solver_settings = _solver_settings(args.direction, trainer)
     if prev_hist is not None:
+        now = {k: getattr(args, k) for k in ("direction", "target", "n", "batch_size", "reg")}
+        now.update(seed=args.seed, **solver_settings)
+        for key, value in now.items():
+            old = prev["settings"].get(key, LEGACY_SOLVER_SETTINGS.get(key))
+            if old != value:
+                raise CLIError(
+                    f"--resume: --{key.replace('_', '-')} {value!r} differs from the run in DIR "
+                    f"({old!r})"
+                )
         state, _ = train.load_checkpoint(str(out / "checkpoint.npz"), state)
     done = int(state.step)
     todo = args.steps - done
@@ -194,6 +235,7 @@ def cmd_train(args) -> int:
         "kernel": kinfo,
         "steps": args.steps,
         "d": int(y_train.shape[1]),
+        **solver_settings,
     }
     metrics = {
         "settings": settings,

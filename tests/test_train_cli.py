@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from mmdflow import cli
+from mmdflow import cli, train
 
 ARGS = ["train", "--steps", "6", "--n", "300", "--batch-size", "32", "--eval-every", "3", "--quiet"]
 
@@ -30,7 +30,13 @@ def test_train_writes_outputs_and_resumes_exactly(tmp_path, capsys):
     np.testing.assert_array_equal(np.load(part / "samples.npy"), samples)
     m2 = json.loads((part / "metrics.json").read_text())
     assert m2["history"]["eval_mmd2"] == m["history"]["eval_mmd2"]
+    assert m2["settings"]["cg_maxiter"] == train.GeneratorTrainer.cg_maxiter
     assert "held-out MMD^2" in capsys.readouterr().out
+    # a resume with another CG budget would not continue the same run
+    assert (
+        cli.main([*ARGS, "--out", str(part), "--resume", "--steps", "8", "--cg-maxiter", "7"]) == 2
+    )
+    assert "--cg-maxiter 7 differs" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -40,6 +46,8 @@ def test_train_writes_outputs_and_resumes_exactly(tmp_path, capsys):
         (["--reg", "0"], "--reg"),
         (["--lr", "-1"], "--lr"),
         (["--direction", "adam"], "--direction"),
+        (["--solver", "cholesky"], "solver"),
+        (["--cg-maxiter", "0"], "--cg-maxiter"),
         (["--resume"], "checkpoint"),
     ],
 )
