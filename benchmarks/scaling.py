@@ -1,4 +1,4 @@
-"""Strong and weak scaling of the sharded witness gradient, plus a communication-cost estimate.
+"""Strong and weak scaling of the sharded witness gradient and generator step, plus a comm estimate.
 
 Measured op: ``mmdflow.sharding.sharded_witness_grad(x, x, y, k, mesh)``, the
 velocity field of one MMD-flow step (queries: the ``n`` particles; sources: the
@@ -8,6 +8,15 @@ both point sets sharded ``P("data")`` over the first ``D`` devices
 strategies (``allgather``, ``ring``). The unsharded ``mmdflow.witness_grad``
 (``impl="blocked"``, same block size) is timed once at the strong-scaling size as
 ``baseline``.
+
+A second op, ``generator_step``: one data-parallel generator step
+(``mmdflow.sharding.sharded_direction``, kind ``"kernelized"``, exactly ``--gen-cg-iters``
+CG iterations, then an SGD update of the replicated parameters) for an MLP generator
+(latent 8, hidden 128 x 128, output ``d``), latent and target batches of ``M`` rows
+sharded ``P("data")``; ``baseline`` is the single-device ``mmdflow.kernelized.direction``.
+Its per-step work is ``(cg + 2)`` kernel passes over ``M x 2M`` pairs plus one JVP and
+one VJP of the generator per CG iteration on ``M / D`` rows. Sizes: ``--gen-strong-m``,
+``--gen-weak-m0`` (same ``sqrt(D)`` rule); ``--no-generator`` skips it.
 
 * strong scaling: fixed ``n = m = --strong-n``; ``speedup = t(1) / t(D)``,
   ``efficiency = speedup / D``;
@@ -89,7 +98,7 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import mmdflow  # noqa: E402
-from mmdflow import kernels, sharding  # noqa: E402
+from mmdflow import kernelized, kernels, sharding  # noqa: E402
 
 SCHEMA = "mmdflow.bench.scaling/1"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -193,7 +202,8 @@ def bench(fn, args, repeats: int) -> dict:
 
 
 def run_one(mode, strategy, devices, n, d, args) -> dict:
-    rec = {"mode": mode, "strategy": strategy, "devices": devices, "n": n, "m": n, "d": d}
+    rec = {"op": "witness_grad", "mode": mode, "strategy": strategy, "devices": devices}
+    rec.update(n=n, m=n, d=d)
     if devices > jax.device_count():
         rec.update(status="skipped", reason=f"only {jax.device_count()} devices")
         return rec
@@ -214,6 +224,65 @@ def run_one(mode, strategy, devices, n, d, args) -> dict:
     rec.update(bench(fn, inputs, args.repeats))
     rec["status"] = "ok"
     rec["gpairs_per_s"] = n * 2 * n / rec["run_s"] / 1e9
+    return rec
+
+
+def make_generator(d: int, seed: int, latent: int = 8, hidden: int = 128):
+    """A float32 MLP generator ``(params, z [M, latent]) -> [M, d]`` and its parameters."""
+    rng = np.random.default_rng(seed)
+    dims = [latent, hidden, hidden, d]
+    params = [
+        (
+            (rng.standard_normal((a, b)) / math.sqrt(a)).astype(np.float32),
+            np.zeros((1, b), np.float32),
+        )
+        for a, b in zip(dims[:-1], dims[1:], strict=True)
+    ]
+
+    def gen_fn(p, z):
+        h = z
+        for i, (w, b) in enumerate(p):
+            h = h @ w + b
+            if i < len(p) - 1:
+                h = jax.nn.relu(h)
+        return h
+
+    return gen_fn, jax.tree.map(jax.device_put, params), latent
+
+
+def run_one_generator(mode, strategy, devices, m, d, args) -> dict:
+    """One generator step (direction + SGD update) at batch ``m``, timed like ``run_one``."""
+    rec = {"op": "generator_step", "mode": mode, "strategy": strategy, "devices": devices}
+    rec.update(n=m, m=m, d=d)
+    if devices > jax.device_count():
+        rec.update(status="skipped", reason=f"only {jax.device_count()} devices")
+        return rec
+    k = kernels.Gaussian(np.float32(math.sqrt(2.0 * d)))
+    gen_fn, params, latent = make_generator(d, args.seed)
+    rng = np.random.default_rng(args.seed + m)
+    z = rng.standard_normal((m, latent), dtype=np.float32)
+    y = rng.standard_normal((m, d), dtype=np.float32) + np.float32(0.5)
+    kw = dict(kind="kernelized", cg_tol=0.0, cg_maxiter=args.gen_cg_iters)
+    if strategy == "baseline":
+        direction = lambda p, z, y: kernelized.direction(gen_fn, p, z, y, k, 0.1, **kw)
+        inputs = (params, jax.device_put(z), jax.device_put(y))
+    else:
+        mesh = sharding.make_mesh(devices)
+        sh = NamedSharding(mesh, P("data"))
+        opts = dict(mesh=mesh, strategy=strategy, block_size=args.block_size)
+        direction = lambda p, z, y: sharding.sharded_direction(
+            gen_fn, p, z, y, k, 0.1, **kw, **opts
+        )
+        inputs = (params, jax.device_put(z, sh), jax.device_put(y, sh))
+
+    def step(p, z, y):
+        v, info = direction(p, z, y)
+        return jax.tree.map(lambda a, b: a + 0.5 * b, p, v), info["cg_iterations"]
+
+    rec.update(bench(step, inputs, args.repeats))
+    rec["status"] = "ok"
+    passes = args.gen_cg_iters + 2
+    rec["gpairs_per_s"] = passes * m * 2 * m / rec["run_s"] / 1e9
     return rec
 
 
@@ -281,12 +350,12 @@ def memory_table(recs: list[dict]) -> str:
 def add_efficiency(records: list[dict]) -> None:
     """Speedup / efficiency against the same strategy's D = 1 run of the same mode."""
     base = {
-        (r["mode"], r["strategy"]): r["run_s"]
+        (r["op"], r["mode"], r["strategy"]): r["run_s"]
         for r in records
         if r["status"] == "ok" and r["devices"] == 1
     }
     for r in records:
-        t1 = base.get((r["mode"], r["strategy"]))
+        t1 = base.get((r["op"], r["mode"], r["strategy"]))
         if r["status"] != "ok" or t1 is None:
             continue
         if r["mode"] == "strong":
@@ -298,21 +367,23 @@ def add_efficiency(records: list[dict]) -> None:
 
 def markdown_table(records: list[dict]) -> str:
     lines = [
-        "| mode | strategy | D | n | compile s | run ms | Gpairs/s | speedup | efficiency | temp MB |",
-        "|" + "---|" * 10,
+        "| op | mode | strategy | D | n | compile s | run ms | Gpairs/s | speedup | efficiency "
+        "| temp MB |",
+        "|" + "---|" * 11,
     ]
     for r in records:
         if r["status"] != "ok":
             lines.append(
-                f"| {r['mode']} | {r['strategy']} | {r['devices']} | {r['n']} | skipped: "
-                f"{r['reason']} | | | | | |"
+                f"| {r['op']} | {r['mode']} | {r['strategy']} | {r['devices']} | {r['n']} | "
+                f"skipped: {r['reason']} | | | | | |"
             )
             continue
         sp = f"{r['speedup']:.2f}" if "speedup" in r else ""
         ef = f"{r['efficiency']:.2f}" if "efficiency" in r else ""
         tmp = f"{r['temp_bytes'] / 1e6:.1f}" if r["temp_bytes"] is not None else ""
         lines.append(
-            f"| {r['mode']} | {r['strategy']} | {r['devices']} | {r['n']} | {r['compile_s']:.2f} "
+            f"| {r['op']} | {r['mode']} | {r['strategy']} | {r['devices']} | {r['n']} "
+            f"| {r['compile_s']:.2f} "
             f"| {r['run_s'] * 1e3:.1f} | {r['gpairs_per_s']:.3f} | {sp} | {ef} | {tmp} |"
         )
     return "\n".join(lines)
@@ -333,6 +404,10 @@ def parse_args(argv=None):
     p.add_argument("--no-baseline", action="store_true", help="skip the unsharded baseline")
     p.add_argument("--memory-n", type=int, default=None, help="n = m of the memory comparison")
     p.add_argument("--memory-d", type=int, nargs="*", default=[2, 64])
+    p.add_argument("--no-generator", action="store_true", help="skip the generator step")
+    p.add_argument("--gen-strong-m", type=int, default=None, help="batch M (strong scaling)")
+    p.add_argument("--gen-weak-m0", type=int, default=None, help="batch M at D = 1 (weak)")
+    p.add_argument("--gen-cg-iters", type=int, default=10, help="CG iterations per step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=str, default=None)
     args = p.parse_args(argv)
@@ -342,6 +417,8 @@ def parse_args(argv=None):
     args.strong_n = args.strong_n or (2048 if args.quick else 8192)
     args.weak_n0 = args.weak_n0 or (1024 if args.quick else 2048)
     args.repeats = args.repeats or (3 if args.quick else 5)
+    args.gen_strong_m = args.gen_strong_m or (512 if args.quick else 2048)
+    args.gen_weak_m0 = args.gen_weak_m0 or (256 if args.quick else 1024)
     args.memory_n = args.memory_n or (65536 if args.quick else 262144)
     return args
 
@@ -381,6 +458,10 @@ def main(argv=None) -> dict:
             "strategies": list(args.strategies),
             "strong_n": args.strong_n,
             "weak_n0": args.weak_n0,
+            "generator": not args.no_generator,
+            "gen_strong_m": args.gen_strong_m,
+            "gen_weak_m0": args.gen_weak_m0,
+            "gen_cg_iters": args.gen_cg_iters,
             "d": args.d,
             "block_size": args.block_size,
             "repeats": args.repeats,
@@ -389,8 +470,11 @@ def main(argv=None) -> dict:
             "memory_d": list(args.memory_d),
         },
         "definitions": {
-            "op": "sharded_witness_grad(x, x, y, Gaussian(sqrt(2 d))), n = m, fp32",
-            "gpairs_per_s": "n * (n + m) / run_s / 1e9",
+            "op": "witness_grad: sharded_witness_grad(x, x, y, Gaussian(sqrt(2 d))), n = m, "
+            "fp32; generator_step: sharded_direction(kind='kernelized', gen_cg_iters CG "
+            "iterations) + SGD update, MLP 8-128-128-d, batch M = n (latents and targets)",
+            "gpairs_per_s": "witness_grad: n * (n + m) / run_s / 1e9; generator_step: "
+            "(gen_cg_iters + 2) * M * 2M / run_s / 1e9 (kernel-pair evaluations)",
             "speedup": "strong: run_s(D=1) / run_s(D), same strategy",
             "efficiency": "strong: speedup / D; weak: run_s(D=1) / run_s(D)",
             "weak_n": "8 * ceil(weak_n0 * sqrt(D) / 8): constant pairs per device",
@@ -401,17 +485,22 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     strategies = list(args.strategies) + ([] if args.no_baseline else ["baseline"])
     plan = []
-    for mode in ("strong", "weak"):
-        for dv in devs:
-            n = args.strong_n if mode == "strong" else _round8(args.weak_n0 * math.sqrt(dv))
-            for st in strategies:
-                if st == "baseline" and (mode == "weak" or dv != devs[0]):
-                    continue  # one unsharded run at the strong-scaling size
-                plan.append((mode, st, 1 if st == "baseline" else dv, n))
-    for mode, st, dv, n in plan:
-        rec = run_one(mode, st, dv, n, args.d, args)
+    sizes = {"witness_grad": (args.strong_n, args.weak_n0)}
+    if not args.no_generator:
+        sizes["generator_step"] = (args.gen_strong_m, args.gen_weak_m0)
+    for op, (strong, weak0) in sizes.items():
+        for mode in ("strong", "weak"):
+            for dv in devs:
+                n = strong if mode == "strong" else _round8(weak0 * math.sqrt(dv))
+                for st in strategies:
+                    if st == "baseline" and (mode == "weak" or dv != devs[0]):
+                        continue  # one unsharded run at the strong-scaling size
+                    plan.append((op, mode, st, 1 if st == "baseline" else dv, n))
+    for op, mode, st, dv, n in plan:
+        fn = run_one if op == "witness_grad" else run_one_generator
+        rec = fn(mode, st, dv, n, args.d, args)
         result["records"].append(rec)
-        msg = f"{mode:6s} {st:9s} D={dv:<3d} n={n:<7d} " + (
+        msg = f"{op:14s} {mode:6s} {st:9s} D={dv:<3d} n={n:<7d} " + (
             f"compile {rec['compile_s']:5.2f} s run {rec['run_s'] * 1e3:8.1f} ms"
             if rec["status"] == "ok"
             else f"skipped: {rec['reason']}"
@@ -425,7 +514,7 @@ def main(argv=None) -> dict:
     meta["loadavg_end"] = _loadavg()
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(
-        f"\nsharded witness_grad scaling: {backend}, {jax.device_count()} devices on "
+        f"\nsharded witness_grad / generator_step scaling: {backend}, {jax.device_count()} devices on "
         f"{os.cpu_count()} host CPUs, jax {jax.__version__}, total {meta['total_wall_s']:.1f} s, "
         f"loadavg {meta['loadavg_start']} -> {meta['loadavg_end']}; JSON: {out}\n"
     )

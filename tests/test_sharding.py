@@ -1,5 +1,8 @@
 """Sample-axis sharding (mmdflow.sharding): sharded results equal the single-device ones.
 
+Kernel sums, MMD^2, witnesses, the MMD flow, exact and random-feature Sobolev descent,
+the data-parallel generator step (direction + optax update) and ``mmdflow flow --devices``.
+
 The device count must be fixed before JAX initialises, so the multi-device checks
 run once, in a subprocess with 8 host CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=8``) and float64; it prints one
@@ -136,6 +139,93 @@ shards = jax.jit(jax.vmap(lambda a, b: mmdflow.mmd2(a, b, k, impl="dense")))
 per = shards(xe.reshape(8, 125, 2), ye.reshape(8, 64, 2))
 out["per_device_mean_rel"] = float(abs(np.mean(per) - ref["mmd2_even"]) / ref["mmd2_even"])
 out["mmd2_even"] = rel(S.sharded_mmd2(xe, ye, k, mesh, block_size=bs), ref["mmd2_even"])
+
+# exact-kernel Sobolev descent (sharded CG critic) vs the single-device CG stepper
+xs_, ys_, ws_ = x[:203], y[:150], wx[:203]  # uneven
+u = flows.KernelSobolevDescent(k, step_size=0.5, reg=0.1, solver="cg", cg_tol=1e-10)
+s0, h0 = flows.run(u, xs_, ys_, num_steps=3, key=jax.random.key(3), record_every=3, wx=ws_)
+for st in S.STRATEGIES:
+    sd = S.ShardedKernelSobolevDescent(k, mesh, step_size=0.5, reg=0.1, cg_tol=1e-10,
+                                       strategy=st, block_size=bs)
+    s1, h1 = flows.run(sd, xs_, ys_, num_steps=3, key=jax.random.key(3), record_every=3, wx=ws_)
+    out[st]["sobolev_exact"] = max(rel(sd.particles(s1), s0.x), rel(h1["mmd2"], h0["mmd2"]),
+                                   rel(h1["kinetic"][1:], h0["kinetic"][1:]),
+                                   rel(h1["critic"][1:], h0["critic"][1:]))
+    out[st]["sobolev_exact_spec"] = spec(s1.x)
+# random features through ShardedStepper (uneven n, features redrawn every step)
+rs = flows.KernelSobolevDescent(k, step_size=0.5, reg=0.1, num_features=32, resample_features=True)
+a0, g0 = flows.run(rs, xs_, ys_, num_steps=3, key=jax.random.key(1), record_every=3)
+ss = S.ShardedStepper(rs, mesh)
+a1, g1 = flows.run(ss, xs_, ys_, num_steps=3, key=jax.random.key(1), record_every=3)
+out["stepper_rff"] = max(rel(ss.particles(a1), a0.x), rel(g1["mmd2"], g0["mmd2"]))
+out["stepper_rff_spec"] = spec(a1.x)
+
+# data-parallel generator step (Flax generator, uneven batches): direction + optax update
+import optax
+from flax import nnx
+from mmdflow import kernelized, train
+gen = train.MLPGenerator(latent_dim=3, out_dim=2, hidden=(16,), rngs=nnx.Rngs(0))
+graphdef, params = nnx.split(gen)
+params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+gen_fn = lambda p, z: nnx.merge(graphdef, p)(z)
+zb, yb = rng.normal(size=(100, 3)), rng.normal(size=(75, 2)) + 1.0
+tx = optax.sgd(0.5)
+
+
+def gen_step(direction, params, kind):
+    v, info = direction(gen_fn, params, zb, yb, k, 0.05, kind=kind, cg_tol=1e-10, cg_maxiter=200)
+    upd, _ = tx.update(jax.tree.map(jnp.negative, v), tx.init(params), params)
+    return v, info, optax.apply_updates(params, upd)
+
+
+def tree_rel(a, b):
+    return max(rel(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+for kind, sts in (("kernelized", S.STRATEGIES), ("mmd-gd", ("ring",)), ("grad-penalty", ("ring",))):
+    v0, i0, p0 = jax.jit(lambda p: gen_step(kernelized.direction, p, kind))(params)
+    for st in sts:
+        fn = S.direction_fn(mesh, strategy=st, block_size=8)
+        v1, i1, p1 = jax.jit(lambda p: gen_step(fn, p, kind))(params)
+        keys = ("mmd2", "grad_norm", "velocity_norm", "decrease_rate")
+        keys += ("critic",) if kind != "mmd-gd" else ()
+        out[f"gen_{kind}_{st}"] = {"direction": tree_rel(v1, v0), "params": tree_rel(p1, p0),
+                                   "info": max(rel(i1[q], i0[q]) for q in keys),
+                                   "cg_iterations": [int(i0["cg_iterations"]),
+                                                     int(i1["cg_iterations"])]}
+
+# warm-started, truncated CG, and the trainer itself with the sharded drop-in as its
+# `direction_fn` (its jitted step then runs data-parallel)
+vw = jax.tree.map(lambda t: 0.5 * t, v0)
+dk = dict(kind="kernelized", cg_tol=1e-10, cg_maxiter=3, v0=vw)
+w0, _ = jax.jit(lambda p: kernelized.direction(gen_fn, p, zb, yb, k, 0.05, **dk))(params)
+w1, _ = jax.jit(lambda p: S.sharded_direction(gen_fn, p, zb, yb, k, 0.05, mesh=mesh, **dk))(params)
+out["gen_warm_start"] = tree_rel(w1, w0)
+nnx.update(gen, params)  # float64 parameters
+tr = train.GeneratorTrainer(gen, optax.sgd(0.5), k, reg=0.05, batch_size=100)
+t0, _ = tr.step(tr.step(tr.init(jax.random.key(0)), yb)[0], yb)
+tr = train.GeneratorTrainer(gen, optax.sgd(0.5), k, reg=0.05, batch_size=100,
+                           direction_fn=S.direction_fn(mesh, strategy="ring", block_size=8))
+t1, _ = tr.step(tr.step(tr.init(jax.random.key(0)), yb)[0], yb)
+out["gen_trainer"] = tree_rel(t1.params, t0.params)
+
+# the CLI's --devices: sharded runs equal the single-device ones (float32, uneven n = 60)
+import tempfile
+from mmdflow import cli
+tmp = tempfile.mkdtemp()
+base = ["flow", "--n", "60", "--steps", "4", "--record-every", "2", "--quiet"]
+cases = (("rff", ["--num-features", "64"]), ("exact", []), ("mmd", ["--method", "mmd"]))
+for name, extra in cases:
+    runs = {}
+    for dv in (None, 8):
+        d = f"{tmp}/{name}_{dv}"
+        rc = cli.main(base + extra + ["--out", d] + ([] if dv is None else ["--devices", str(dv)]))
+        assert rc == 0, (name, dv)
+        runs[dv] = (np.load(d + "/particles.npy"), json.load(open(d + "/metrics.json")))
+    (p0, m0), (p1, m1) = runs[None], runs[8]
+    out["cli_" + name] = {"particles": rel(p1, p0), "shape": list(p1.shape),
+                          "devices": m1["settings"]["devices"],
+                          "mmd2": rel(m1["history"]["mmd2"], m0["history"]["mmd2"])}
 print("RESULT " + json.dumps(out))
 """
 
@@ -215,6 +305,42 @@ def test_explicit_mesh_and_sobolev_descent(results):
     assert results["sobolev_rff_spec"] == DATA_SPEC
 
 
+@pytest.mark.parametrize("strategy", sharding.STRATEGIES)
+def test_sharded_exact_sobolev_descent_matches_unsharded(results, strategy):
+    assert results[strategy]["sobolev_exact"] < 1e-6
+    assert results[strategy]["sobolev_exact_spec"] == DATA_SPEC
+
+
+def test_sharded_stepper_random_features(results):
+    assert results["stepper_rff"] < RTOL
+    assert results["stepper_rff_spec"] == DATA_SPEC
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["kernelized_allgather", "kernelized_ring", "mmd-gd_ring", "grad-penalty_ring"],
+)
+def test_data_parallel_generator_step_matches_single_device(results, case):
+    r = results["gen_" + case]
+    assert r["direction"] < 1e-6 and r["params"] < 1e-6 and r["info"] < 1e-6
+    if case.startswith("kernelized"):
+        assert r["cg_iterations"][0] == r["cg_iterations"][1] > 1
+
+
+def test_data_parallel_warm_start_and_trainer(results):
+    assert results["gen_warm_start"] < 1e-6
+    assert results["gen_trainer"] < 1e-6
+
+
+@pytest.mark.parametrize(("name", "tol"), [("rff", 1e-4), ("exact", 2e-2), ("mmd", 1e-4)])
+def test_cli_devices_option(results, name, tol):
+    # float32, n = 60 (exact critic by default): Cholesky on one device vs sharded CG,
+    # which stalls near 1e-3 relative residual in float32 (float64 equality: tested above)
+    r = results["cli_" + name]
+    assert r["shape"] == [60, 2] and r["devices"] == 8
+    assert r["particles"] < tol and r["mmd2"] < tol
+
+
 def test_not_an_average_of_per_device_mmds(results):
     # the sharded estimator is the global one; the mean of the 8 per-shard MMD^2s is not
     assert results["mmd2_even"] < RTOL
@@ -241,6 +367,23 @@ def test_argument_validation():
         sharding.sharded_kernel_matvec(k, x, np.zeros((4, 3)), np.ones(4), mesh)
     with pytest.raises(ValueError, match="`w` must have shape"):
         sharding.sharded_kernel_matvec(k, x, x, np.ones(5), mesh)
+    # sharded flows and generator directions
+    from mmdflow import flows
+
+    with pytest.raises(ValueError, match="reg"):
+        sharding.ShardedKernelSobolevDescent(k, mesh, reg=-1.0)
+    with pytest.raises(ValueError, match="ShardedMMDFlow"):
+        sharding.ShardedStepper(flows.MMDFlow(k), mesh)
+    with pytest.raises(ValueError, match="strategy"):
+        sharding.direction_fn(mesh, strategy="tree")
+    gen = lambda p, z: z @ p
+    w = np.eye(2)
+    with pytest.raises(ValueError, match="kind"):
+        sharding.sharded_direction(gen, w, x, x, k, mesh=mesh, kind="param-sobolev")
+    with pytest.raises(ValueError, match="solver"):
+        sharding.sharded_direction(gen, w, x, x, k, mesh=mesh, solver="cholesky")
+    with pytest.raises(ValueError, match=r"gen_fn\(params, z\).*\[4, 3\]"):
+        sharding.sharded_direction(gen, w, x, np.zeros((4, 3)), k, mesh=mesh)
 
 
 # ---------------------------------------------------------------- benchmark script
@@ -270,11 +413,13 @@ def test_scaling_script_smoke(tmp_path):
     args = ["--quick", "--devices", "1", str(jax.device_count() + 1), "--strong-n", "64"]
     args += ["--weak-n0", "32", "--repeats", "1", "--block-size", "32", "--out", str(out)]
     args += ["--memory-n", "64", "--memory-d", "2"]
+    args += ["--gen-strong-m", "32", "--gen-weak-m0", "16", "--gen-cg-iters", "2"]
     result = _load_scaling().main(args)
     assert json.loads(out.read_text())["metadata"]["schema"] == result["metadata"]["schema"]
     recs = result["records"]
     ok = [r for r in recs if r["status"] == "ok"]
     assert {r["strategy"] for r in ok} == {"allgather", "ring", "baseline"}
+    assert {r["op"] for r in ok} == {"witness_grad", "generator_step"}
     assert all(r["run_s"] > 0 and r["devices"] == 1 for r in ok)
     assert all("only" in r["reason"] for r in recs if r["status"] != "ok")
     assert len(result["comm_estimate"]) == 6
