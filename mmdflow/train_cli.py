@@ -81,6 +81,14 @@ def add_parser(sub) -> None:
     t.add_argument(
         "--bandwidth", type=_positive_float, default=None, help="base bandwidth (default: median)"
     )
+    t.add_argument(
+        "--devices",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="data-parallel over the first N devices: latent and target batches sharded, CG "
+        "reductions as collectives (kernelized, grad-penalty, mmd-gd; default: one device)",
+    )
     t.add_argument("--eval-every", type=_int_at_least(1), default=50, help="default 50")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -137,6 +145,13 @@ def _build(args, y_train, bandwidth):
     kernel, kinfo = _make_kernel("mixture", bandwidth)
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.direction]
     kw = {} if args.cg_maxiter is None else {"cg_maxiter": args.cg_maxiter}
+    if args.devices is not None:
+        from mmdflow import sharding
+        from mmdflow.cli._flow import _make_mesh
+
+        if args.direction == "param-sobolev":
+            raise CLIError("--devices applies to kernelized, grad-penalty and mmd-gd only")
+        kw["direction_fn"] = sharding.direction_fn(_make_mesh(args.devices))
     trainer = train.GeneratorTrainer(
         gen,
         optax.sgd(lr),
@@ -235,6 +250,7 @@ def cmd_train(args) -> int:
         "kernel": kinfo,
         "steps": args.steps,
         "d": int(y_train.shape[1]),
+        "devices": 1 if args.devices is None else args.devices,
         **solver_settings,
     }
     metrics = {
