@@ -90,3 +90,61 @@ def mmd2(Kxx, Kyy, Kxy, a, b, estimator):
     mxx = sum(a[i] * a[j] for i in range(n) for j in range(n) if i != j)
     myy = sum(b[i] * b[j] for i in range(m) for j in range(m) if i != j)
     return oxx / mxx + oyy / myy - 2 * a @ Kxy @ b
+
+
+def cross_hess(name, X, Y, p):
+    """H[i, j, a, b] = d^2 k(x_i, y_j) / dx_a dy_b, from hand-derived formulas in the distance
+    D = |x - y| (or t = x.y); kernels with a cusp at x = y give 0 there."""
+    X = np.asarray(X, np.float64)
+    Y = np.asarray(Y, np.float64)
+    d = X.shape[1]
+    diff = X[:, None, :] - Y[None, :, :]
+    rr = diff[..., :, None] * diff[..., None, :]  # r_a r_b
+    eye = np.eye(d)
+    D2 = (diff**2).sum(-1)
+    D = np.sqrt(D2)
+    Ds = np.where(D == 0, 1.0, D)
+    T = X @ Y.T
+
+    def comb(diag, outer):  # diag * delta_ab + outer * r_a r_b
+        return diag[..., None, None] * eye + outer[..., None, None] * rr
+
+    if name == "gaussian":
+        K = np.exp(-D2 / (2 * p["bw"] ** 2))
+        return comb(K / p["bw"] ** 2, -K / p["bw"] ** 4)
+    if name == "mixture":
+        return sum(
+            w * cross_hess("gaussian", X, Y, {"bw": b})
+            for b, w in zip(p["bws"], p["ws"], strict=True)
+        )
+    if name == "imq":
+        c, beta = p["c"], p["beta"]
+        u = 1 + D2 / c**2
+        return comb(
+            -2 * beta / c**2 * u ** (beta - 1), -4 * beta * (beta - 1) / c**4 * u ** (beta - 2)
+        )
+    if name == "rq":
+        a, bw = p["alpha"], p["bw"]
+        u = 1 + D2 / (2 * a * bw**2)
+        return comb(u ** (-a - 1) / bw**2, -(a + 1) / (a * bw**4) * u ** (-a - 2))
+    if name == "laplace":
+        b = p["bw"]
+        K = np.exp(-D / b)
+        H = comb(K / (b * Ds), -K * (1 / (b**2 * Ds**2) + 1 / (b * Ds**3)))
+        return H * (D > 0)[..., None, None]
+    if name == "energy":
+        return comb(1 / Ds, -1 / Ds**3) * (D > 0)[..., None, None]
+    if name == "poly":
+        deg, g, c = p["deg"], p["gamma"], p["c"]
+        u = g * T + c
+        yx = Y[None, :, :, None] * X[:, None, None, :]  # y_a x_b
+        return (deg * g * u ** (deg - 1))[..., None, None] * eye + (
+            deg * (deg - 1) * g**2 * u ** (deg - 2)
+        )[..., None, None] * yx
+    if name == "linear":
+        return np.broadcast_to(eye, (*T.shape, d, d))
+    if name == "sum_gl":
+        return cross_hess("gaussian", X, Y, {"bw": 0.7}) + cross_hess("laplace", X, Y, {"bw": 1.3})
+    if name == "scaled_imq":
+        return 2.5 * cross_hess("imq", X, Y, {"c": 1.5, "beta": -0.5})
+    raise KeyError(name)

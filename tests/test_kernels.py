@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _cases import NAMES, case
+from _refs import cross_hess as ref_cross_hess
 from _refs import grad_x as ref_grad_x
 from _refs import gram as ref_gram
 
@@ -52,6 +53,115 @@ def test_no_nan_gradient_at_coincident_points(k):
     gd = ops.kernel_grad_matvec(k, x, x, jnp.ones(2), impl="dense")
     assert np.all(np.isfinite(gb)) and np.all(np.isfinite(gd))
     np.testing.assert_allclose(gb, gd, rtol=1e-10, atol=1e-12)
+
+
+SMOOTH_AT_ZERO = {"gaussian", "mixture", "imq", "rq", "poly", "linear", "scaled_imq"}
+
+
+def _hess_points(rng, d, n=7, m=5):
+    x = rng.normal(size=(n, d))
+    y = rng.normal(size=(m, d))
+    y[1], y[3] = x[2], x[0]  # coincident pairs
+    e = rng.normal(size=(m, d))
+    return x, y, e
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 16])  # direct form d <= 3, GEMM form above
+def test_hess_block_matches_numpy_float64(name, d, rng):
+    k, p = case(name, d)
+    x, y, e = _hess_points(rng, d)
+    want = np.einsum("ijab,jb->ia", ref_cross_hess(name, x, y, p), e)
+    args = (k, jnp.asarray(x), jnp.asarray(y), jnp.asarray(e))
+    fns = {
+        "hess_block": lambda k, *a: k.hess_block(*a),
+        "blocked": lambda k, *a: ops.kernel_hessian_matvec(k, *a, impl="blocked", block_size=3),
+        # the generic autodiff form (coincident points included; cusp kernels give 0 there)
+        "generic": lambda k, *a: kernels.Kernel.hess_block(k, *a),
+    }
+    for label, f in fns.items():
+        got = jax.jit(f)(*args)
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-10, err_msg=label)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cross_hess_reference_matches_finite_differences(name, rng):
+    """Checks the NumPy reference itself: central differences (Richardson) of grad_x in y."""
+    d = 3
+    k, p = case(name, d)
+    x = rng.normal(size=(4, d))
+    y = rng.normal(size=(5, d)) + 2.0  # well away from x (cusps)
+    if name in SMOOTH_AT_ZERO:
+        y[0] = x[1]
+    h = 1e-3
+    fd = np.zeros((4, 5, d, d))
+    for b in range(d):
+
+        def cd(step, b=b):
+            dy = np.zeros(d)
+            dy[b] = step
+            return (ref_grad_x(name, x, y + dy, p) - ref_grad_x(name, x, y - dy, p)) / (2 * step)
+
+        fd[..., b] = (4 * cd(h / 2) - cd(h)) / 3
+    np.testing.assert_allclose(ref_cross_hess(name, x, y, p), fd, rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.parametrize("d", [2, 6, 16])
+def test_hess_block_float32_accuracy_offset_data(d, rng):
+    """fp32, points far from the origin: the GEMM form (d > HESS_DIRECT_MAX_D) is centred."""
+    k = kernels.MixtureRBF(jnp.asarray((0.5, 1.0, 4.0), jnp.float32))
+    p = {"bws": (0.5, 1.0, 4.0), "ws": (1.0, 1.0, 1.0)}
+    x, y, e = _hess_points(rng, d, n=40, m=30)
+    x, y = x + 50.0, y + 50.0
+    want = np.einsum("ijab,jb->ia", ref_cross_hess("mixture", x, y, p), e)
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    got = k.hess_block(f32(x), f32(y), f32(e))
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("d", [2, 3, 16])
+def test_hess_block_default_second_derivatives_for_user_subclasses(d, rng):
+    """Subclasses giving only profile/profile_grad (fn/fn_grad) get phi'' by autodiff."""
+
+    @kernels._pytree(data=("c",))
+    class Cauchy(kernels.RadialKernel):
+        c: float = 0.7
+
+        def profile(self, s):
+            return 1.0 / (1.0 + self.c * s)
+
+        def profile_grad(self, s):
+            return -self.c / (1.0 + self.c * s) ** 2
+
+    @kernels._pytree()
+    class ExpDot(kernels.DotProductKernel):
+        def fn(self, t, d):
+            return jnp.exp(t / d)
+
+        def fn_grad(self, t, d):
+            return jnp.exp(t / d) / d
+
+    x, y, e = (jnp.asarray(a) for a in _hess_points(rng, d))
+    cases = [Cauchy(), ExpDot(), kernels.Polynomial(1), kernels.Polynomial(2, offset=0.0)]
+    for k in cases:
+        want = kernels.Kernel.hess_block(k, x, y, e)
+        np.testing.assert_allclose(
+            k.hess_block(x, y, e), want, rtol=1e-10, atol=1e-12, err_msg=type(k).__name__
+        )
+    s = jnp.linspace(0.0, 3.0, 7)
+    np.testing.assert_allclose(Cauchy().profile_hess(s), 2 * 0.7**2 / (1 + 0.7 * s) ** 3)
+
+
+@pytest.mark.parametrize("k", [kernels.Laplace(1.0), kernels.Energy()])
+def test_hess_block_cusp_kernels_finite_at_coincident_points(k):
+    x = jnp.array([[0.3, -0.2], [1.0, 2.0]])
+    e = jnp.array([[1.0, 0.5], [-0.3, 2.0]])
+    h = k.hess_block(x, x, e)
+    assert np.all(np.isfinite(h))
+    for arg in (0, 1):  # differentiable there too (no NaN from the s = 0 branch)
+        g = jax.grad(lambda *a: jnp.sum(k.hess_block(*a)), argnums=arg)(x, x, e)
+        assert np.all(np.isfinite(g))
 
 
 def test_hyperparameters_are_traced_leaves_and_structure_is_static():
