@@ -59,6 +59,21 @@ def check_weights(name: str, w, n: int, points: str):
     return jnp.asarray(w)
 
 
+def check_sum_inputs(x, y, w):
+    """Validates a kernel sum's ``x [n, d]``, ``y [m, d]`` and weights ``w [m]`` / ``[m, k]``.
+
+    Returns ``(x, y, w, dtype)`` uncast, with ``dtype`` the promoted floating dtype of the
+    points (and of ``w`` when it is floating).
+    """
+    x = check_points("x", x)
+    y = check_points("y", y, d=x.shape[1])
+    w = check_weights("w", w, y.shape[0], "y")
+    dtype = jnp.result_type(x.dtype, y.dtype)
+    if jnp.issubdtype(w.dtype, jnp.floating):
+        dtype = jnp.result_type(dtype, w.dtype)
+    return x, y, w, dtype
+
+
 def check_block_size(block_size) -> tuple[int, int]:
     if isinstance(block_size, numbers.Integral):
         bs = (int(block_size), int(block_size))

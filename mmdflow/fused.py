@@ -73,7 +73,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from mmdflow._checks import check_block_size, check_points, check_weights
+from mmdflow._checks import check_block_size, check_sum_inputs
 from mmdflow.kernels import DIRECT_MAX_D, HIGHEST, Kernel, MixtureRBF, RadialKernel
 
 __all__ = [
@@ -757,9 +757,13 @@ def _matvec(spec, cfg, params, x, y, w):
     return _fwd(spec, cfg, params, x, y, w, grad=False)
 
 
+def _residuals(*args):
+    """Primal values and which of them are differentiated (``symbolic_zeros`` inputs)."""
+    return tuple(map(_val, args)), tuple(map(_perturbed, args))
+
+
 def _matvec_fwd(spec, cfg, params, x, y, w):
-    vals = tuple(map(_val, (params, x, y, w)))
-    flags = tuple(map(_perturbed, (params, x, y, w)))
+    vals, flags = _residuals(params, x, y, w)
     # the custom_vjp function itself (not the raw kernel), so that the primal output stays
     # differentiable by its own rule under an outer transformation (second-order reverse mode)
     return _matvec(spec, cfg, *vals), (vals, flags)
@@ -790,8 +794,7 @@ def _gradmv(spec, cfg, params, x, y, w):
 
 
 def _gradmv_fwd(spec, cfg, params, x, y, w):
-    vals = tuple(map(_val, (params, x, y, w)))
-    flags = tuple(map(_perturbed, (params, x, y, w)))
+    vals, flags = _residuals(params, x, y, w)
     return _gradmv(spec, cfg, *vals), (vals, flags)
 
 
@@ -829,12 +832,7 @@ def _config(block_size, interpret, num_warps, num_stages) -> _Config:
 
 def _prepare(k, x, y, w):
     check_supported(k)
-    x = check_points("x", x)
-    y = check_points("y", y, d=x.shape[1])
-    w = check_weights("w", w, y.shape[0], "y")
-    dtype = jnp.result_type(x.dtype, y.dtype)
-    if jnp.issubdtype(w.dtype, jnp.floating):
-        dtype = jnp.result_type(dtype, w.dtype)
+    x, y, w, dtype = check_sum_inputs(x, y, w)
     cd = _compute_dtype(dtype)
     x, y, w = x.astype(cd), y.astype(cd), w.astype(cd)
     if x.shape[1] > DIRECT_MAX_D:  # GEMM distance form: centre first (translation invariance)

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from mmdflow import fused
-from mmdflow._checks import check_block_size, check_points, check_weights
+from mmdflow._checks import check_block_size, check_points, check_sum_inputs
 from mmdflow.kernels import DIRECT_MAX_D, HIGHEST, Kernel
 
 __all__ = [
@@ -114,12 +114,7 @@ def _fused_blocks(block_size):
 
 def _prepare(k, x, y, w):
     check_kernel(k)
-    x = check_points("x", x)
-    y = check_points("y", y, d=x.shape[1])
-    w = check_weights("w", w, y.shape[0], "y")
-    dtype = jnp.result_type(x.dtype, y.dtype)
-    if jnp.issubdtype(w.dtype, jnp.floating):
-        dtype = jnp.result_type(dtype, w.dtype)
+    x, y, w, dtype = check_sum_inputs(x, y, w)
     x, y, w = x.astype(dtype), y.astype(dtype), w.astype(dtype)
     vec = w.ndim == 1
     return x, y, (w[:, None] if vec else w), vec

@@ -51,8 +51,28 @@ def _pad_target(y, wy, d, dtype, mesh, axis):
     return _constrain(yp, mesh, axis), _constrain(b, mesh, axis)
 
 
+class _PaddedShardedFlow:
+    """``init`` / ``particles`` of the sharded steppers: padded, sharded ``FlowState`` s.
+
+    Subclasses are frozen dataclasses with ``kernel``, ``mesh``, ``strategy``,
+    ``block_size`` and ``axis`` fields.
+    """
+
+    def _check_sharding(self):
+        _, bs = _check_common(self.kernel, self.mesh, self.axis, self.strategy, self.block_size)
+        object.__setattr__(self, "block_size", bs)
+
+    def init(self, x0: jax.Array, key: jax.Array, wx: jax.Array | None = None) -> FlowState:
+        """Pads and shards ``x0`` (``[n, d]``); ``wx`` are the real particles' weights."""
+        return _pad_shard_init(x0, key, wx, self.mesh, self.axis)
+
+    def particles(self, state: FlowState) -> jax.Array:
+        """The ``[n, d]`` real particles of ``state``."""
+        return state.x[: state.extra.n]
+
+
 @dataclasses.dataclass(frozen=True)
-class ShardedMMDFlow:
+class ShardedMMDFlow(_PaddedShardedFlow):
     """:class:`mmdflow.flows.MMDFlow` with particles and targets sharded over a mesh axis.
 
     Same ``init`` / ``step`` protocol, so :func:`mmdflow.flows.scan` and
@@ -99,16 +119,7 @@ class ShardedMMDFlow:
     def __post_init__(self):
         # reuse MMDFlow's validation of the hyperparameters
         MMDFlow(self.kernel, step_size=self.step_size, noise_level=self.noise_level)
-        _, bs = _check_common(self.kernel, self.mesh, self.axis, self.strategy, self.block_size)
-        object.__setattr__(self, "block_size", bs)
-
-    def init(self, x0: jax.Array, key: jax.Array, wx: jax.Array | None = None) -> FlowState:
-        """Pads and shards ``x0`` (``[n, d]``); ``wx`` are the real particles' weights."""
-        return _pad_shard_init(x0, key, wx, self.mesh, self.axis)
-
-    def particles(self, state: FlowState) -> jax.Array:
-        """The ``[n, d]`` real particles of ``state``."""
-        return state.x[: state.extra.n]
+        self._check_sharding()
 
     def step(self, state: FlowState, y: jax.Array, wy: jax.Array | None = None):
         """One step ``x <- x + step_size * witness_grad(x + noise_level * eps)``."""
@@ -141,7 +152,7 @@ class ShardedMMDFlow:
 
 
 @dataclasses.dataclass(frozen=True)
-class ShardedKernelSobolevDescent:
+class ShardedKernelSobolevDescent(_PaddedShardedFlow):
     """Exact-kernel :class:`mmdflow.flows.KernelSobolevDescent` with sharded particles and targets.
 
     Each step solves the exact critic by matrix-free CG
@@ -183,16 +194,7 @@ class ShardedKernelSobolevDescent:
             cg_tol=self.cg_tol,
             cg_maxiter=self.cg_maxiter,
         )
-        _, bs = _check_common(self.kernel, self.mesh, self.axis, self.strategy, self.block_size)
-        object.__setattr__(self, "block_size", bs)
-
-    def init(self, x0: jax.Array, key: jax.Array, wx: jax.Array | None = None) -> FlowState:
-        """Pads and shards ``x0`` (``[n, d]``); ``wx`` are the real particles' weights."""
-        return _pad_shard_init(x0, key, wx, self.mesh, self.axis)
-
-    def particles(self, state: FlowState) -> jax.Array:
-        """The ``[n, d]`` real particles of ``state``."""
-        return state.x[: state.extra.n]
+        self._check_sharding()
 
     def critic(self, state: FlowState, y: jax.Array, wy: jax.Array | None = None):
         """The exact critic on the padded, sharded particles (an ``ExactCritic``)."""
