@@ -41,14 +41,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.linalg import cho_factor, cho_solve
 
 from mmdflow._checks import check_points, concrete_array
 from mmdflow.features import RFF
 from mmdflow.kernels import HIGHEST, Kernel, _pytree
 from mmdflow.mmd import _weights, mmd2, witness_grad
 from mmdflow.ops import check_kernel
-from mmdflow.sobolev import RFFCritic, exact_critic
+from mmdflow.sobolev import exact_critic, rff_solve
 
 __all__ = [
     "FlowState",
@@ -124,21 +123,31 @@ class RFFState:
     has_mu_p: jax.Array
 
 
+def _sobolev_move(state: FlowState, v, critic, eps, normalize: bool):
+    """Particle displacement ``dx = eps v`` along a Sobolev critic's gradient ``v`` and its aux.
+
+    ``critic`` provides ``discrepancy_sq`` and ``mmd2``; with ``normalize`` the critic is
+    the unit-Sobolev-ball one (``v / sqrt(delta^T u)``). Shared by the sharded stepper.
+    """
+    disc2 = critic.discrepancy_sq
+    if normalize:
+        v = v / jnp.sqrt(jnp.maximum(disc2, jnp.finfo(v.dtype).tiny))
+    dx = (eps * v).astype(state.x.dtype)
+    aux = {
+        "kinetic": _kinetic(dx, state.wx, eps),
+        "critic": jnp.sqrt(jnp.maximum(disc2, 0.0)),
+        "mmd2_critic": critic.mmd2,
+    }
+    return dx, aux
+
+
 def _rff_critic(rff, x, a, mu_p, reg):
     """:func:`mmdflow.sobolev.rff_critic` with the target embedding ``mu_p`` given.
 
     The same operations as ``rff_critic`` (which recomputes ``b^T phi(y)``), so the
     result is identical; ``x`` and ``a`` must already be validated and normalised.
     """
-    delta = mu_p - jnp.matmul(a, rff(x), precision=HIGHEST)
-    s = rff.sin(x)  # [n, m]
-    w = rff.w
-    d_mat = jnp.matmul(w, w.T, precision=HIGHEST) * jnp.matmul(
-        s.T, a[:, None] * s, precision=HIGHEST
-    )
-    m = d_mat.shape[0]
-    u = cho_solve(cho_factor(d_mat + reg * jnp.eye(m, dtype=d_mat.dtype)), delta)
-    return RFFCritic(rff=rff, u=u, delta=delta)
+    return rff_solve(rff, x, a, mu_p - jnp.matmul(a, rff(x), precision=HIGHEST), reg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,15 +290,7 @@ class KernelSobolevDescent:
         eps = schedule_value(self.step_size, state.count)
         state, c = self.fit_critic(state, y, wy)
         v = c.grad(state.x) if self.num_features is not None else c.grad_at_x
-        disc2 = c.discrepancy_sq
-        if self.normalize:
-            v = v / jnp.sqrt(jnp.maximum(disc2, jnp.finfo(v.dtype).tiny))
-        dx = (eps * v).astype(state.x.dtype)
-        aux = {
-            "kinetic": _kinetic(dx, state.wx, eps),
-            "critic": jnp.sqrt(jnp.maximum(disc2, 0.0)),
-            "mmd2_critic": c.mmd2,
-        }
+        dx, aux = _sobolev_move(state, v, c, eps, self.normalize)
         new = state._replace(x=state.x + dx, count=state.count + 1)
         return new, aux
 

@@ -111,6 +111,16 @@ def rff_critic(
     if rff.z.shape[1] != x.shape[1]:
         raise ValueError(f"`rff` was built for d={rff.z.shape[1]} but `x` has shape {x.shape}.")
     delta = jnp.matmul(b, rff(y), precision=HIGHEST) - jnp.matmul(a, rff(x), precision=HIGHEST)
+    return rff_solve(rff, x, a, delta, reg)
+
+
+def rff_solve(rff: RFF, x: jax.Array, a: jax.Array, delta: jax.Array, reg) -> RFFCritic:
+    """The critic ``u = (D + reg I)^-1 delta`` for a given embedding difference ``delta [m]``.
+
+    The solve behind :func:`rff_critic` (``D`` the gradient covariance of the features at
+    ``x`` with validated, normalised weights ``a``), for callers that already hold
+    ``delta`` (e.g. a cached target embedding).
+    """
     s = rff.sin(x)  # [n, m]
     w = rff.w
     d_mat = jnp.matmul(w, w.T, precision=HIGHEST) * jnp.matmul(

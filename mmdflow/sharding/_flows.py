@@ -11,7 +11,14 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from mmdflow._checks import check_points
-from mmdflow.flows import FlowState, KernelSobolevDescent, MMDFlow, _kinetic, schedule_value
+from mmdflow.flows import (
+    FlowState,
+    KernelSobolevDescent,
+    MMDFlow,
+    _kinetic,
+    _sobolev_move,
+    schedule_value,
+)
 from mmdflow.kernels import Kernel
 from mmdflow.mmd import _weights
 from mmdflow.ops import (
@@ -209,15 +216,7 @@ class ShardedKernelSobolevDescent(_PaddedShardedFlow):
         """One step ``x <- x + step_size * grad f(x)`` (``f`` the exact Sobolev critic)."""
         eps = schedule_value(self.step_size, state.count)
         c = self.critic(state, y, wy)
-        v, disc2 = c.grad_at_x, c.discrepancy_sq
-        if self.normalize:
-            v = v / jnp.sqrt(jnp.maximum(disc2, jnp.finfo(v.dtype).tiny))
-        dx = (eps * v).astype(state.x.dtype)
-        aux = {
-            "kinetic": _kinetic(dx, state.wx, eps),
-            "critic": jnp.sqrt(jnp.maximum(disc2, 0.0)),
-            "mmd2_critic": c.mmd2,
-        }
+        dx, aux = _sobolev_move(state, c.grad_at_x, c, eps, self.normalize)
         x = _constrain(state.x + dx, self.mesh, self.axis)
         return state._replace(x=x, count=state.count + 1), aux
 
