@@ -6,7 +6,12 @@ Sweeps ``impl`` x ``op`` x ``n`` (= ``m``) x ``d`` (x kernel):
   Pallas/Triton path of :mod:`mmdflow.fused`), plus ``plain_jax_chunked``,
   a baseline written here in plain JAX (Gaussian only): rows of ``x`` in chunks
   via ``lax.map(..., batch_size=chunk)`` against all of ``y``, GEMM distance form,
-  no ``jax.checkpoint``.
+  no ``jax.checkpoint``; and ``ott_online``, ott-jax's online point cloud (Gaussian only;
+  skipped with that reason when ott-jax is not installed: ``pip install -e ".[bench]"``):
+  ``PointCloud(x, y, epsilon=2 h^2, batch_size=chunk).apply_kernel`` (``exp(-cost/eps)``,
+  cost ``|x|^2 + |y|^2 - 2 x.y`` at the default matmul precision), the gradient sum as
+  ``(K (w y) - (K w) x) / h^2`` from one ``apply_kernel`` on ``[w y, w]``, and
+  ``grad_of_mmd2`` by ``jax.grad`` through three ``apply_kernel`` calls.
 
 ``pallas`` off a GPU runs in Pallas *interpret mode* (a correctness tool, orders of magnitude
 slower than compiled code): it is run only with ``--quick`` and ``n <=
@@ -66,7 +71,7 @@ from mmdflow import fused, kernels, ops
 
 HIGHEST = lax.Precision.HIGHEST
 SCHEMA = "mmdflow.bench.kernel_sums/1"
-IMPLS = ("dense", "blocked", "pallas", "plain_jax_chunked")
+IMPLS = ("dense", "blocked", "pallas", "plain_jax_chunked", "ott_online")
 OPS = ("matvec", "grad_matvec", "grad_of_mmd2")
 KERNELS = ("gaussian", "imq", "laplace", "mixture")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -136,6 +141,59 @@ def plain_mmd2(h, x, y, chunk):
     return jnp.maximum(txx + tyy - 2.0 * txy, 0.0)
 
 
+# ---------------------------------------------------------------- ott-jax baseline
+def ott_pointcloud():
+    """ott-jax's ``PointCloud`` class, or ``None`` when ott-jax is not installed.
+
+    ott-jax 0.6.0's online (``batch_size``) path calls
+    ``jax.interpreters.batching.is_vmappable``, which jax 0.10 removed; for the plain
+    arrays it is given here that function returned ``False``, so a stand-in is installed.
+    """
+    from jax.interpreters import batching
+
+    if not hasattr(batching, "is_vmappable"):
+        batching.is_vmappable = lambda _: False
+    try:
+        from ott.geometry import pointcloud
+    except ImportError:
+        return None
+    return pointcloud.PointCloud
+
+
+def ott_version() -> str | None:
+    try:
+        import ott
+    except ImportError:
+        return None
+    return getattr(ott, "__version__", "unknown")
+
+
+def _ott_cloud(h, x, y, chunk):
+    return ott_pointcloud()(x, y, epsilon=2.0 * h**2, batch_size=chunk)
+
+
+def ott_matvec(h, x, y, w, chunk):
+    return _ott_cloud(h, x, y, chunk).apply_kernel(w, axis=1)
+
+
+def ott_grad_matvec(h, x, y, w, chunk):
+    """``(K (w y) - (K w) x) / h^2`` from one ``apply_kernel`` on the ``[m, d + 1]`` block."""
+    kv = _ott_cloud(h, x, y, chunk).apply_kernel(
+        jnp.concatenate([w[:, None] * y, w[:, None]], 1), axis=1
+    )
+    return (kv[:, :-1] - kv[:, -1:] * x) / h**2
+
+
+def ott_mmd2(h, x, y, chunk):
+    n, m = x.shape[0], y.shape[0]
+    a = jnp.full((n,), 1.0 / n, x.dtype)
+    b = jnp.full((m,), 1.0 / m, x.dtype)
+    txx = jnp.dot(a, ott_matvec(h, x, x, a, chunk))
+    tyy = jnp.dot(b, ott_matvec(h, y, y, b, chunk))
+    txy = jnp.dot(a, ott_matvec(h, x, y, b, chunk))
+    return jnp.maximum(txx + tyy - 2.0 * txy, 0.0)
+
+
 # ---------------------------------------------------------------- the benchmarked functions
 def build_fn(impl: str, op: str, block_size, chunk: int):
     """Returns ``f(k, x, y, w)`` to jit (``k`` is a kernel pytree)."""
@@ -145,6 +203,12 @@ def build_fn(impl: str, op: str, block_size, chunk: int):
         if op == "grad_matvec":
             return lambda k, x, y, w: plain_grad_matvec(k.bandwidth, x, y, w, chunk)
         return lambda k, x, y, w: jax.grad(lambda x: plain_mmd2(k.bandwidth, x, y, chunk))(x)
+    if impl == "ott_online":
+        if op == "matvec":
+            return lambda k, x, y, w: ott_matvec(k.bandwidth, x, y, w, chunk)
+        if op == "grad_matvec":
+            return lambda k, x, y, w: ott_grad_matvec(k.bandwidth, x, y, w, chunk)
+        return lambda k, x, y, w: jax.grad(lambda x: ott_mmd2(k.bandwidth, x, y, chunk))(x)
     kw = dict(impl=impl, block_size=block_size)
     if op == "matvec":
         return lambda k, x, y, w: ops.kernel_matvec(k, x, y, w, **kw)
@@ -191,6 +255,7 @@ def metadata(args, sizes) -> dict:
         "jaxlib": _jaxlib_version(),
         "numpy": np.__version__,
         "mmdflow": mmdflow.__version__,
+        "ott_jax": ott_version(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "loadavg_start": _loadavg(),
         "dtype": "float32",
@@ -358,7 +423,12 @@ def parse_args(argv=None):
         default=PALLAS_INTERPRET_MAX_N,
         help="off a GPU, pallas runs (in interpret mode) only with --quick and n <= this",
     )
-    p.add_argument("--chunk", type=int, default=1024, help="lax.map batch_size of the baseline")
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=1024,
+        help="batch size of the baselines (plain JAX lax.map, ott-jax PointCloud)",
+    )
     p.add_argument(
         "--max-dense-bytes",
         type=float,
@@ -427,6 +497,11 @@ def skip_reason(args, kname, op, impl, n, m, d, prev) -> str | None:
     """Why a configuration is not run (``None``: run it). ``prev = (n, run_s)`` or None."""
     if impl == "plain_jax_chunked" and kname != "gaussian":
         return "plain-JAX baseline is Gaussian-only"
+    if impl == "ott_online":
+        if kname != "gaussian":
+            return "ott-jax baseline is Gaussian-only (PointCloud's kernel is exp(-cost / eps))"
+        if ott_pointcloud() is None:
+            return 'ott-jax is not installed (pip install -e ".[bench]")'
     if impl == "pallas" and jax.default_backend() != "gpu":
         if not args.quick or n > args.pallas_interpret_max_n:
             return (
@@ -466,7 +541,7 @@ def run_config(args, kname, op, impl, n, d, prev) -> dict:
         "d": d,
         "bandwidth": bandwidth,
         "block_size": _block_record(args, impl),
-        "chunk": args.chunk if impl == "plain_jax_chunked" else None,
+        "chunk": args.chunk if impl in ("plain_jax_chunked", "ott_online") else None,
     }
     reason = skip_reason(args, kname, op, impl, n, m, d, prev)
     if reason is not None:
@@ -478,6 +553,8 @@ def run_config(args, kname, op, impl, n, d, prev) -> dict:
     if impl == "pallas" and jax.default_backend() != "gpu":
         rec["interpret"] = True
         rec["note"] = "Pallas interpret mode on CPU: a correctness run, not a speed"
+    if impl == "ott_online":
+        rec["note"] = f"ott-jax {ott_version()} PointCloud(batch_size={args.chunk}).apply_kernel"
     rec.update(bench_one(fn, k, (x, y, w), args.repeats, args.max_temp_bytes, args.slow_s))
     if rec["status"] == "ok":
         rec["gpairs_per_s"] = n * m / rec["run_s"] / 1e9

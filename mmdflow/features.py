@@ -17,7 +17,7 @@ Example:
   >>> k = kernels.Gaussian(1.0)
   >>> rff = features.RFF.create(k, jax.random.key(0), num_features=4096, d=2)
   >>> x = jnp.zeros((1, 2)); y = jnp.ones((1, 2))
-  >>> bool(abs(float(rff(x) @ rff(y).T) - float(k(x[0], y[0]))) < 0.05)
+  >>> bool(abs(float((rff(x) @ rff(y).T)[0, 0]) - float(k(x[0], y[0]))) < 0.05)
   True
 """
 

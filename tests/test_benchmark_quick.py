@@ -4,6 +4,10 @@ import importlib.util
 import json
 from pathlib import Path
 
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "kernel_sums.py"
 
 
@@ -30,3 +34,22 @@ def test_kernel_sums_quick_writes_json(tmp_path):
     assert all(r["compile_s"] > 0 for r in ran)
     skipped = [r for r in records if r["status"] != "ok"]
     assert all(r.get("reason") for r in skipped)
+
+
+@pytest.mark.parametrize("baseline", ["plain", "ott"])
+def test_baselines_compute_the_same_sums_as_numpy(baseline):
+    # the plain-JAX and ott-jax baselines must be the same ops as mmdflow's, or the
+    # comparison rows mean nothing (ott-jax is optional: the ".[bench]" extra)
+    bench = _load_script()
+    if baseline == "ott" and bench.ott_pointcloud() is None:
+        pytest.skip('ott-jax is not installed (pip install -e ".[bench]")')
+    mv, gmv = getattr(bench, baseline + "_matvec"), getattr(bench, baseline + "_grad_matvec")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 3)), rng.normal(size=(30, 3)) + 0.5
+    w, h = rng.uniform(0.5, 1.5, 30), 1.3
+    diff = x[:, None, :] - y[None, :, :]
+    kxy = np.exp(-np.sum(diff**2, -1) / (2 * h**2))
+    args = (jnp.asarray(x), jnp.asarray(y), jnp.asarray(w), 16)
+    np.testing.assert_allclose(mv(h, *args), kxy @ w, rtol=1e-10)
+    want = np.einsum("ij,j,ijd->id", kxy, w, -diff) / h**2
+    np.testing.assert_allclose(gmv(h, *args), want, rtol=1e-9, atol=1e-12)

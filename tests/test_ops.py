@@ -68,16 +68,20 @@ def test_check_grads_of_kernel_sums(impl, rng):
     w = jnp.asarray(rng.normal(size=(13,)))
     kw = dict(impl=impl, block_size=4)
     for k, order in ((kernels.Gaussian(1.3), 2), (kernels.Polynomial(2), 1)):
-        check_grads(lambda x, y, w: ops.kernel_matvec(k, x, y, w, **kw), (x, y, w), order=order)
         check_grads(
-            lambda x, y, w: ops.kernel_grad_matvec(k, x, y, w, **kw),
+            jax.jit(lambda x, y, w: ops.kernel_matvec(k, x, y, w, **kw)), (x, y, w), order=order
+        )
+        check_grads(
+            jax.jit(lambda x, y, w: ops.kernel_grad_matvec(k, x, y, w, **kw)),
             (x, y, w),
             order=1,
             modes=["rev"],
         )
     # kernel hyperparameters
     check_grads(
-        lambda bw, c: ops.kernel_matvec(kernels.Gaussian(bw) + kernels.IMQ(c), x, y, w, **kw),
+        jax.jit(
+            lambda bw, c: ops.kernel_matvec(kernels.Gaussian(bw) + kernels.IMQ(c), x, y, w, **kw)
+        ),
         (1.1, 0.7),
         order=1,
     )
