@@ -44,10 +44,10 @@ import numpy as np
 
 from mmdflow._checks import check_points, concrete_array
 from mmdflow.features import RFF
-from mmdflow.kernels import HIGHEST, Kernel, _pytree
+from mmdflow.kernels import Kernel, _pytree
 from mmdflow.mmd import _weights, mmd2, witness_grad
 from mmdflow.ops import check_kernel
-from mmdflow.sobolev import exact_critic, rff_solve
+from mmdflow.sobolev import exact_critic, rff_embedding, rff_solve
 
 __all__ = [
     "FlowState",
@@ -147,7 +147,7 @@ def _rff_critic(rff, x, a, mu_p, reg):
     The same operations as ``rff_critic`` (which recomputes ``b^T phi(y)``), so the
     result is identical; ``x`` and ``a`` must already be validated and normalised.
     """
-    return rff_solve(rff, x, a, mu_p - jnp.matmul(a, rff(x), precision=HIGHEST), reg)
+    return rff_solve(rff, x, a, mu_p - rff_embedding(rff, x, a), reg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,7 +246,7 @@ class KernelSobolevDescent:
             )
 
         def fresh():
-            return jnp.matmul(b, ex.rff(y), precision=HIGHEST).astype(ex.mu_p.dtype)
+            return rff_embedding(ex.rff, y, b).astype(ex.mu_p.dtype)
 
         if self.resample_features:
             mu_p, extra = fresh(), ex

@@ -31,8 +31,11 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.scipy.linalg import cho_factor, cho_solve
 from jax.scipy.sparse.linalg import cg
 
@@ -42,10 +45,22 @@ from mmdflow.kernels import HIGHEST, Kernel, _pytree
 from mmdflow.mmd import _weights, witness, witness_grad
 from mmdflow.ops import check_kernel, kernel_hessian_matvec
 
-__all__ = ["RFFCritic", "ExactCritic", "rff_critic", "exact_critic", "CHOLESKY_MAX_SIZE"]
+__all__ = [
+    "RFFCritic",
+    "ExactCritic",
+    "rff_critic",
+    "rff_embedding",
+    "rff_solve",
+    "exact_critic",
+    "CHOLESKY_MAX_SIZE",
+    "RFF_BLOCK_ROWS",
+]
 
 #: exact critics with n*d above this use matrix-free CG instead of Cholesky
 CHOLESKY_MAX_SIZE = 4096
+#: rows per block of the random-feature sums over points: at most ``[RFF_BLOCK_ROWS, m]``
+#: features are live at a time, so a step's memory does not grow with ``n`` (read at trace time)
+RFF_BLOCK_ROWS = 8192
 
 
 def _inputs(x, y, wx, wy):
@@ -67,11 +82,15 @@ class RFFCritic:
     delta: jax.Array  # [m] = mu_p - mu_q
 
     def value(self, z: jax.Array) -> jax.Array:
-        return jnp.matmul(self.rff(z), self.u, precision=HIGHEST)
+        return _row_map(lambda zb: jnp.matmul(self.rff(zb), self.u, precision=HIGHEST), z)
 
     def grad(self, z: jax.Array) -> jax.Array:
         """``J phi(z)^T u = -(sin(W z + b) * u) W`` -> ``[nz, d]``."""
-        return -jnp.matmul(self.rff.sin(z) * self.u[None, :], self.rff.w, precision=HIGHEST)
+
+        def block(zb):
+            return -jnp.matmul(self.rff.sin(zb) * self.u[None, :], self.rff.w, precision=HIGHEST)
+
+        return _row_map(block, z)
 
     @property
     def discrepancy_sq(self) -> jax.Array:
@@ -110,8 +129,49 @@ def rff_critic(
     x, y, a, b = _inputs(x, y, wx, wy)
     if rff.z.shape[1] != x.shape[1]:
         raise ValueError(f"`rff` was built for d={rff.z.shape[1]} but `x` has shape {x.shape}.")
-    delta = jnp.matmul(b, rff(y), precision=HIGHEST) - jnp.matmul(a, rff(x), precision=HIGHEST)
+    delta = rff_embedding(rff, y, b) - rff_embedding(rff, x, a)
     return rff_solve(rff, x, a, delta, reg)
+
+
+def _strided_blocks(v, nb):
+    """``v [n, ...]`` -> ``[nb, ceil(n / nb), ...]``, block ``i`` holding rows ``i, i + nb, ...``.
+
+    Strided rather than contiguous blocks keep a leading sharding of ``v`` (GSPMD) on the
+    rows of every block. Padded rows are zeros (they must carry zero weight).
+    """
+    rows = math.ceil(v.shape[0] / nb)
+    v = jnp.pad(v, [(0, rows * nb - v.shape[0])] + [(0, 0)] * (v.ndim - 1))
+    return jnp.swapaxes(v.reshape(rows, nb, *v.shape[1:]), 0, 1)
+
+
+def _row_sum(f, x, a, out_shape):
+    """``sum`` over row blocks of ``f(x_block, a_block)`` (``a`` weights, zero on padding)."""
+    nb = math.ceil(x.shape[0] / RFF_BLOCK_ROWS)
+    if nb == 1:
+        return f(x, a)
+
+    @jax.checkpoint
+    def body(acc, xa):
+        return acc + f(*xa), None
+
+    init = jnp.zeros(out_shape, jnp.result_type(x.dtype, a.dtype))
+    return lax.scan(body, init, (_strided_blocks(x, nb), _strided_blocks(a, nb)))[0]
+
+
+def _row_map(f, z):
+    """``f`` (rows -> rows) applied to row blocks of ``z``, at most ``RFF_BLOCK_ROWS`` at a time."""
+    n = z.shape[0]
+    nb = math.ceil(n / RFF_BLOCK_ROWS)
+    if nb == 1:
+        return f(z)
+    out = jnp.swapaxes(lax.map(f, _strided_blocks(z, nb)), 0, 1)  # [rows, nb, ...]
+    return out.reshape(-1, *out.shape[2:])[:n]
+
+
+def rff_embedding(rff: RFF, x: jax.Array, a: jax.Array) -> jax.Array:
+    """The weighted mean embedding ``sum_i a_i phi(x_i)`` -> ``[m]``, computed in row blocks."""
+    f = lambda xb, ab: jnp.matmul(ab, rff(xb), precision=HIGHEST)
+    return _row_sum(f, x, a, (rff.num_features,))
 
 
 def rff_solve(rff: RFF, x: jax.Array, a: jax.Array, delta: jax.Array, reg) -> RFFCritic:
@@ -119,14 +179,17 @@ def rff_solve(rff: RFF, x: jax.Array, a: jax.Array, delta: jax.Array, reg) -> RF
 
     The solve behind :func:`rff_critic` (``D`` the gradient covariance of the features at
     ``x`` with validated, normalised weights ``a``), for callers that already hold
-    ``delta`` (e.g. a cached target embedding).
+    ``delta`` (e.g. a cached target embedding). ``S^T diag(a) S`` (``S = sin(X W^T + b)``)
+    is accumulated over blocks of ``RFF_BLOCK_ROWS`` rows.
     """
-    s = rff.sin(x)  # [n, m]
+    m = rff.num_features
     w = rff.w
-    d_mat = jnp.matmul(w, w.T, precision=HIGHEST) * jnp.matmul(
-        s.T, a[:, None] * s, precision=HIGHEST
-    )
-    m = d_mat.shape[0]
+
+    def cov(xb, ab):
+        s = rff.sin(xb)  # [block, m]
+        return jnp.matmul(s.T, ab[:, None] * s, precision=HIGHEST)
+
+    d_mat = jnp.matmul(w, w.T, precision=HIGHEST) * _row_sum(cov, x, a, (m, m))
     u = cho_solve(cho_factor(d_mat + reg * jnp.eye(m, dtype=d_mat.dtype)), delta)
     return RFFCritic(rff=rff, u=u, delta=delta)
 

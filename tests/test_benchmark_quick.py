@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "kernel_sums.py"
+FLOW_STEPS = SCRIPT.parent / "flow_steps.py"
 
 
 def _load_script():
@@ -53,3 +54,25 @@ def test_baselines_compute_the_same_sums_as_numpy(baseline):
     np.testing.assert_allclose(mv(h, *args), kxy @ w, rtol=1e-10)
     want = np.einsum("ij,j,ijd->id", kxy, w, -diff) / h**2
     np.testing.assert_allclose(gmv(h, *args), want, rtol=1e-9, atol=1e-12)
+
+
+def test_flow_steps_quick_writes_json(tmp_path):
+    spec = importlib.util.spec_from_file_location("mmdflow_bench_flow_steps", FLOW_STEPS)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "f.json"
+    args = ["--quick", "--n", "128", "256", "--features", "64", "--cg-iters", "3"]
+    result = bench.main([*args, "--repeats", "1", "--out", str(out)])
+    assert json.loads(out.read_text())["metadata"]["schema"] == bench.SCHEMA
+    recs = result["records"]
+    assert [(r["stepper"], r["n"]) for r in recs] == [
+        (s, n) for s in bench.STEPPERS for n in (128, 256)
+    ]
+    assert all(r["status"] == "ok" and r["finite"] and r["run_s"] > 0 for r in recs)
+    for r in recs:
+        if r["stepper"] == "sobolev_rff":
+            # the model flop count is XLA's own count up to the terms it leaves out
+            assert r["model_flops"] == bench.rff_model_flops(r["n"], 64, 2)
+            assert 0.7 < r["xla_flops"] / r["model_flops"] < 1.5
+        else:
+            assert r["gpairs_per_s"] > 0

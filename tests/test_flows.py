@@ -52,7 +52,12 @@ def test_exact_critic_matches_numpy(solver, rng):
     np.testing.assert_allclose(g, want[:5], rtol=1e-7, atol=1e-9)
 
 
-def test_rff_critic_matches_explicit_jacobian_numpy(rng):
+@pytest.mark.parametrize("block_rows", [None, 7])
+def test_rff_critic_matches_explicit_jacobian_numpy(block_rows, rng, monkeypatch):
+    # block_rows=7: the sums over points run in strided row blocks (40 = 5 x 7 + 5 rows,
+    # zero-weight padding), and critic.grad / value map over blocks of 7 rows
+    if block_rows is not None:
+        monkeypatch.setattr(sobolev, "RFF_BLOCK_ROWS", block_rows)
     x, y = _problem(rng, d=3)
     rff = features.RFF.create(kernels.Gaussian(1.1), jax.random.key(0), 64, 3, dtype=jnp.float64)
     W, b = np.asarray(rff.w), np.asarray(rff.b)
@@ -68,6 +73,23 @@ def test_rff_critic_matches_explicit_jacobian_numpy(rng):
     np.testing.assert_allclose(c.grad(x), np.einsum("nka,k->na", J, u), rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(c.discrepancy_sq, delta @ u, rtol=1e-8)
     np.testing.assert_allclose(c.value(y), phi(y) @ u, rtol=1e-8, atol=1e-12)
+
+
+def test_rff_step_memory_does_not_grow_with_n(monkeypatch):
+    # the compiled cached-embedding RFF step holds one [RFF_BLOCK_ROWS, m] block of features,
+    # not [n, m]: 16x more particles, about the same temporaries (only O(n d) more)
+    monkeypatch.setattr(sobolev, "RFF_BLOCK_ROWS", 256)
+    s = flows.KernelSobolevDescent(kernels.Gaussian(1.0), reg=0.1, num_features=128)
+
+    def temp_bytes(n):
+        x = jnp.zeros((n, 2), jnp.float32)
+        st = s.init(x, jax.random.key(0))
+        mem = jax.jit(s.step).lower(st, x).compile().memory_analysis()
+        return mem.temp_size_in_bytes
+
+    small, large = temp_bytes(1024), temp_bytes(16384)
+    assert large < 1.5 * small + 64 * 16384 * 2 * 4, (small, large)
+    assert large < 16384 * 128 * 4  # less than one [n, m] float32 array
 
 
 @pytest.mark.parametrize("solver", ["cholesky", "cg"])
