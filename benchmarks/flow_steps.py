@@ -7,7 +7,8 @@ dimensions moving towards ``n`` target points, float32:
   random Fourier features, target embedding cached in the state (the steady-state step).
   Its cost is dominated by the gradient covariance ``S^T diag(a) S`` (``S = sin(x W^T + b)``,
   ``[n, m]``): a GEMM of ``2 n m^2`` flops. Reported: ``model_flops`` (the count below),
-  ``xla_flops`` (``compiled.cost_analysis()``), achieved TFLOP/s of both, and the fraction of
+  ``xla_flops`` (``compiled.cost_analysis()``; it counts a loop body once, so it undercounts
+  once ``n`` exceeds ``mmdflow.sobolev.RFF_BLOCK_ROWS`` and the sums run in row blocks), achieved TFLOP/s of both, and the fraction of
   the device's fp32 peak where known (H100/H200 SXM: 67 TFLOP/s without TF32; mmdflow runs
   this GEMM at ``HIGHEST`` precision).
 * ``sobolev_exact``: the exact-kernel critic solved matrix-free by conjugate gradients
@@ -201,7 +202,9 @@ def metadata(args, ns, ds) -> dict:
             "compile_s": "wall time of jax.jit(step).lower(state, y).compile()",
             "run_s": "median wall time of one compiled step + block_until_ready, after 1 warm-up",
             "model_flops": "sobolev_rff: 2nm^2 + 8nmd + 2nm + 2m^2 d + m^3/3 (m = features)",
-            "xla_flops": "compiled.cost_analysis()['flops'] (XLA's own count; None if absent)",
+            "xla_flops": "compiled.cost_analysis()['flops'] (XLA's own count; None if absent). "
+            "It counts a loop body once, not times its trip count: for n > RFF_BLOCK_ROWS "
+            "(row blocks) it undercounts; use model_flops",
             "gpairs_per_s": "mmd_flow: 2 n^2 / run_s; sobolev_exact: (cg_iters + 1) n^2 / run_s",
             "inputs": "x ~ N(0, I), y ~ N(0.5, I), n = m; Gaussian bandwidth sqrt(2 d)",
         },

@@ -70,6 +70,7 @@ import jax.numpy as jnp
 from jax.scipy.linalg import cho_factor, cho_solve
 
 from mmdflow._checks import check_points
+from mmdflow._linalg import cg, tree_axpy, tree_vdot
 from mmdflow.kernels import HIGHEST, Kernel
 from mmdflow.mmd import mmd2
 from mmdflow.ops import check_kernel, kernel_hessian_matvec
@@ -80,57 +81,6 @@ __all__ = ["direction", "DIRECTIONS", "SOLVERS", "cg", "tree_vdot", "per_sample_
 DIRECTIONS = ("kernelized", "param-sobolev", "grad-penalty", "mmd-gd")
 #: linear solvers of the sample-space systems (``"param-sobolev"``, ``"grad-penalty"``)
 SOLVERS = ("auto", "cholesky", "cg")
-
-
-def tree_vdot(a, b):
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
-
-
-def _axpy(alpha, x, y):
-    return jax.tree.map(lambda xi, yi: alpha * xi + yi, x, y)
-
-
-def cg(matvec: Callable, b, *, tol: float = 1e-5, maxiter: int = 100, x0=None):
-    """Conjugate gradients on pytrees for SPD ``matvec``; stops at ``|r| <= tol |b|``.
-
-    Minimises ``q(x) = 1/2 <x, A x> - <b, x>``. From the default zero start every
-    iterate has ``q(x_k) <= 0``, i.e. ``<b, x_k> >= 1/2 <x_k, A x_k> > 0``: CG stopped
-    early (truncated) is still a descent direction for the problem whose gradient is
-    ``-b``. A warm start ``x0`` is first rescaled to its best multiple ``alpha x0``,
-    ``alpha = <b, x0> / <x0, A x0>`` (one extra matvec; ``alpha = 0`` for ``x0 = 0``), so
-    ``q(alpha x0) <= 0`` and the iterates keep that property whatever ``x0`` is.
-
-    Returns:
-      ``(x, iterations, relative_residual)``.
-    """
-    bnorm2 = tree_vdot(b, b)
-    tiny = jnp.finfo(bnorm2.dtype).tiny
-    if x0 is None:
-        x0, r0 = jax.tree.map(jnp.zeros_like, b), b
-    else:
-        ax0 = matvec(x0)
-        alpha = tree_vdot(b, x0) / jnp.maximum(tree_vdot(x0, ax0), tiny)
-        x0 = jax.tree.map(lambda v: alpha * v, x0)
-        r0 = _axpy(-alpha, ax0, b)
-    thresh = (tol**2) * bnorm2
-
-    def cond(state):
-        _, r, _, rr, i = state
-        return (rr > thresh) & (i < maxiter)
-
-    def body(state):
-        x, r, p, rr, i = state
-        ap = matvec(p)
-        alpha = rr / tree_vdot(p, ap)
-        x = _axpy(alpha, p, x)
-        r = _axpy(-alpha, ap, r)
-        rr_new = tree_vdot(r, r)
-        p = _axpy(rr_new / rr, p, r)
-        return x, r, p, rr_new, i + 1
-
-    init = (x0, r0, r0, tree_vdot(r0, r0), jnp.zeros((), jnp.int32))
-    x, _, _, rr, it = jax.lax.while_loop(cond, body, init)
-    return x, it, jnp.sqrt(rr / jnp.maximum(bnorm2, tiny))
 
 
 def per_sample_tangent_kernel(gen_fn: Callable, params, z: jax.Array, d: int) -> jax.Array:
@@ -238,7 +188,7 @@ def direction(
         def kmv(vec):
             _, t = jax.jvp(lambda p: gen_fn(p, z), (params,), (vec,))
             s = kernel_hessian_matvec(k, xs, xs, t, impl=impl) / (m * m)
-            return _axpy(reg, vec, vjp_fn(s)[0])
+            return tree_axpy(reg, vec, vjp_fn(s)[0])
 
         v, it, res = cg(kmv, jtu, tol=cg_tol, maxiter=cg_maxiter, x0=v0)
         info["cg_iterations"], info["cg_residual"] = it, res
@@ -288,6 +238,7 @@ def direction(
         )
         v = vjp_fn(c.grad_at_x / m)[0]
         info["critic"] = c.discrepancy_sq
+        info["cg_iterations"], info["cg_residual"] = c.cg_iterations, c.cg_residual
     info["velocity_norm"] = jnp.sqrt(tree_vdot(v, v))
     info["decrease_rate"] = tree_vdot(jtu, v)
     return v, info

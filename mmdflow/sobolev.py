@@ -37,9 +37,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.scipy.linalg import cho_factor, cho_solve
-from jax.scipy.sparse.linalg import cg
 
 from mmdflow._checks import check_points
+from mmdflow._linalg import cg
 from mmdflow.features import RFF
 from mmdflow.kernels import HIGHEST, Kernel, _pytree
 from mmdflow.mmd import _weights, witness, witness_grad
@@ -194,7 +194,22 @@ def rff_solve(rff: RFF, x: jax.Array, a: jax.Array, delta: jax.Array, reg) -> RF
     return RFFCritic(rff=rff, u=u, delta=delta)
 
 
-@_pytree(data=("kernel", "x", "y", "a", "b", "e", "reg", "discrepancy_sq", "mmd2", "grad_at_x"))
+@_pytree(
+    data=(
+        "kernel",
+        "x",
+        "y",
+        "a",
+        "b",
+        "e",
+        "reg",
+        "discrepancy_sq",
+        "mmd2",
+        "grad_at_x",
+        "cg_iterations",
+        "cg_residual",
+    )
+)
 class ExactCritic:
     """Exact-kernel Sobolev critic ``f(z) = (witness(z) - sum_j grad_2 k(z, x_j) . e_j) / reg``."""
 
@@ -208,6 +223,8 @@ class ExactCritic:
     discrepancy_sq: jax.Array
     mmd2: jax.Array
     grad_at_x: jax.Array  # [n, d], the velocity at the particles
+    cg_iterations: jax.Array | None = None  # CG iterations (0 for Cholesky)
+    cg_residual: jax.Array | None = None  # CG's final relative residual (0 for Cholesky)
 
     def value(self, z: jax.Array) -> jax.Array:
         wit = witness(z, self.x, self.y, self.kernel, wx=self.a, wy=self.b)
@@ -286,6 +303,7 @@ def exact_critic(
         sr = jnp.repeat(sa, d)
         gmat = sr[:, None] * h * sr[None, :] + reg * jnp.eye(n * d, dtype=h.dtype)
         c = cho_solve(cho_factor(gmat), rhs.reshape(n * d)).reshape(n, d)
+        it, res = jnp.zeros((), jnp.int32), jnp.zeros((), x.dtype)
         e = sa[:, None] * c
         hm = jnp.matmul(h, e.reshape(n * d), precision=HIGHEST).reshape(n, d)
     else:
@@ -295,7 +313,7 @@ def exact_critic(
                 sa[:, None] * kernel_hessian_matvec(k, x, x, sa[:, None] * c, impl=impl) + reg * c
             )
 
-        c, _ = cg(matvec, rhs, tol=cg_tol, maxiter=cg_maxiter)
+        c, it, res = cg(matvec, rhs, tol=cg_tol, maxiter=cg_maxiter)
         e = sa[:, None] * c
         hm = kernel_hessian_matvec(k, x, x, e, impl=impl)
     if mmd2 is None:
@@ -308,5 +326,16 @@ def exact_critic(
     disc = (mmd2 - jnp.sum(rhs * c)) / reg
     grad_x = (g - hm) / reg
     return ExactCritic(
-        kernel=k, x=x, y=y, a=a, b=b, e=e, reg=reg, discrepancy_sq=disc, mmd2=mmd2, grad_at_x=grad_x
+        kernel=k,
+        x=x,
+        y=y,
+        a=a,
+        b=b,
+        e=e,
+        reg=reg,
+        discrepancy_sq=disc,
+        mmd2=mmd2,
+        grad_at_x=grad_x,
+        cg_iterations=it,
+        cg_residual=res,
     )

@@ -277,6 +277,12 @@ def test_random_feature_form_matches_matrix_free(kind):
         np.testing.assert_allclose(_flat(v), want, rtol=1e-7, atol=1e-11)
         np.testing.assert_allclose(info["mmd2"], mmd2_want, rtol=1e-10)
         np.testing.assert_allclose(info["critic"], critic_want, rtol=1e-7)
+        # CG reports its work (every kind that solves with CG), Cholesky reports none
+        iters, res = int(info["cg_iterations"]), float(info["cg_residual"])
+        if kind == "kernelized" or solver == "cg":
+            assert 1 < iters < 2000 and res <= 1e-13, (kind, solver, iters, res)
+        else:
+            assert iters == 0 and res == 0.0, (kind, solver)
     slope = _slope(params, v, z, y, k)
     np.testing.assert_allclose(float(info["decrease_rate"]), -0.5 * slope, rtol=1e-6)
 

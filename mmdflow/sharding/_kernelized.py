@@ -30,7 +30,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from mmdflow._checks import check_block_size, check_points
-from mmdflow.kernelized import cg, tree_vdot
+from mmdflow._linalg import cg, tree_vdot
 from mmdflow.kernels import Kernel
 from mmdflow.ops import DEFAULT_BLOCK_SIZE
 from mmdflow.sharding._mesh import (
@@ -220,6 +220,7 @@ def _grad_penalty(gen_fn, params, zp, yp, a, b, k, reg, mesh, opts, jtu, info, t
     )
     v = pull(params, zp, a[:, None] * c.grad_at_x)  # single device: vjp(grad_at_x / M)
     info["critic"] = c.discrepancy_sq
+    info["cg_iterations"], info["cg_residual"] = c.cg_iterations, c.cg_residual
     info["velocity_norm"] = jnp.sqrt(tree_vdot(v, v))
     info["decrease_rate"] = tree_vdot(jtu, v)
     return v, info

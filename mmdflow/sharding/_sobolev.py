@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.sparse.linalg import cg
 from jax.sharding import Mesh
 
+from mmdflow._linalg import cg
 from mmdflow.kernels import Kernel
 from mmdflow.ops import DEFAULT_BLOCK_SIZE
 from mmdflow.sharding._mesh import (
@@ -37,7 +37,7 @@ def _exact_critic_padded(k, xp, yp, a, b, reg, mesh, axis, strategy, block_size,
         h = _sharded_sum("hess", k, xp, (xp,), (sa[:, None] * c,), *args)
         return sa[:, None] * h + reg * c
 
-    c, _ = cg(matvec, rhs, tol=tol, maxiter=maxiter)
+    c, it, res = cg(matvec, rhs, tol=tol, maxiter=maxiter)
     c = _constrain(c, mesh, axis)
     e = sa[:, None] * c
     hm = _sharded_sum("hess", k, xp, (xp,), (e,), *args)
@@ -57,6 +57,8 @@ def _exact_critic_padded(k, xp, yp, a, b, reg, mesh, axis, strategy, block_size,
         discrepancy_sq=disc,
         mmd2=mmd2,
         grad_at_x=grad_x,
+        cg_iterations=it,
+        cg_residual=res,
     )
 
 
