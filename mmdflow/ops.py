@@ -4,11 +4,13 @@ Each op has these implementations, selected by ``impl``:
 
 * ``"dense"``: the reference. Builds the ``[n, m]`` kernel matrix from the
   point-wise ``k(x, y)`` (and ``jax.grad`` of it); simple, exact, O(n m) memory.
-* ``"blocked"``: tiles of ``block_size`` rows of ``x`` times ``block_size`` rows
-  of ``y``; a ``lax.map`` over row blocks, a ``lax.scan`` over column blocks, with
-  ``jax.checkpoint`` on both levels so that neither the forward pass nor
-  reverse mode ever holds more than one ``[bx, by]`` tile (plus O((n + m) d)
-  carries). Translation-invariant kernels in more than ``DIRECT_MAX_D``
+* ``"blocked"``: tiles of ``block_size`` rows of ``x`` times ``block_size`` rows of ``y``
+  (an int, or ``(rows, cols)``; the default ``DEFAULT_BLOCK_SIZE`` picks the tiles by
+  backend and distance form, :func:`default_tiles`: ``256 x 8192`` on CPU for
+  ``d <= DIRECT_MAX_D``, else ``1024 x 1024``); a ``lax.map`` over row blocks, a
+  ``lax.scan`` over column blocks, with ``jax.checkpoint`` on both levels so that neither
+  the forward pass nor reverse mode ever holds more than one ``[bx, by]`` tile (plus
+  O((n + m) d) carries). Translation-invariant kernels in more than ``DIRECT_MAX_D``
   dimensions are centred first and use the GEMM distance form at full fp32
   (``HIGHEST``) precision.
 * ``"pallas"``: fused kernels (:mod:`mmdflow.fused`) for ``kernel_matvec`` and
@@ -62,6 +64,8 @@ __all__ = [
     "AUTO_DENSE_MAX_PAIRS",
     "DEFAULT_BLOCK_SIZE",
     "AUTO_PALLAS_ON_GPU",
+    "CPU_DIRECT_TILES",
+    "default_tiles",
 ]
 
 IMPLS = ("auto", "dense", "blocked", "pallas")
@@ -71,6 +75,11 @@ DEFAULT_BLOCK_SIZE = 1024
 # fused kernels have run on a real GPU (so far: interpret-mode tests and Triton lowering and
 # compilation for sm_90 on CPU only); set it to True, or pass impl="pallas", to use them.
 AUTO_PALLAS_ON_GPU = False
+#: tiles ``(rows, cols)`` the blocked path uses for the default ``block_size`` on CPU with the
+#: direct-difference distance (``d <= DIRECT_MAX_D``; see :func:`default_tiles`): XLA:CPU runs
+#: wide tiles 3.6-5x faster than 1024 x 1024 ones (n = 16k, d = 2-8, forward and reverse;
+#: benchmarks/RESULTS.md)
+CPU_DIRECT_TILES = (256, 8192)
 _AUTO_PALLAS_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
@@ -153,6 +162,22 @@ def _dense_grad_matvec(k, x, y, w):
 
 
 # ---------------------------------------------------------------- blocked path
+def default_tiles(d: int, n: int, m: int) -> tuple[int, int]:
+    """The blocked path's tiles for the default ``block_size``: ``n x m`` pairs in ``d`` dims.
+
+    On a CPU backend with the direct-difference distance (``d <= DIRECT_MAX_D``): columns
+    ``by = min(m, cols)`` and rows ``bx = min(n, max(rows, rows * cols // by))`` with
+    ``(rows, cols) = CPU_DIRECT_TILES``, i.e. tiles of about ``rows * cols`` pairs (32 MB of
+    float32), a single tile for up to that many pairs. Otherwise (GEMM distance form, GPUs)
+    ``DEFAULT_BLOCK_SIZE`` squared. Read at trace time.
+    """
+    if jax.default_backend() == "cpu" and d <= DIRECT_MAX_D:
+        rows, cols = CPU_DIRECT_TILES
+        by = min(m, cols)
+        return min(n, max(rows, rows * cols // by)), by
+    return DEFAULT_BLOCK_SIZE, DEFAULT_BLOCK_SIZE
+
+
 def _blocked_reduce(tile, x, y, w, block_size, tail):
     """``out[i] = sum_over_column_blocks tile(x_block, y_block, w_block)[i]``.
 
@@ -163,6 +188,8 @@ def _blocked_reduce(tile, x, y, w, block_size, tail):
     n, d = x.shape
     m, kk = w.shape
     bx, by = check_block_size(block_size)
+    if isinstance(block_size, int) and block_size == DEFAULT_BLOCK_SIZE:
+        bx, by = default_tiles(d, n, m)
     bx, by = min(bx, n), min(by, m)
     nbx, nby = math.ceil(n / bx), math.ceil(m / by)
     if nbx == 1 and nby == 1:
@@ -172,6 +199,9 @@ def _blocked_reduce(tile, x, y, w, block_size, tail):
     xp = jnp.pad(x, ((0, nbx * bx - n), (0, 0)), mode="edge").reshape(nbx, bx, d)
     yp = jnp.pad(y, ((0, nby * by - m), (0, 0)), mode="edge").reshape(nby, by, d)
     wp = jnp.pad(w, ((0, nby * by - m), (0, 0))).reshape(nby, by, kk)
+    # the tile's own result type (e.g. float64 kernel parameters with float32 points under
+    # x64), as the single-tile and dense paths return it
+    out_dtype = jax.eval_shape(tile, xp[0], yp[0], wp[0]).dtype
 
     @jax.checkpoint
     def col_step(acc, xb, yb, wb):
@@ -182,7 +212,7 @@ def _blocked_reduce(tile, x, y, w, block_size, tail):
         def body(acc, ywb):
             return col_step(acc, xb, *ywb), None
 
-        acc0 = jnp.zeros((bx, *tail), x.dtype)
+        acc0 = jnp.zeros((bx, *tail), out_dtype)
         acc, _ = lax.scan(body, acc0, (yp, wp))
         return acc
 

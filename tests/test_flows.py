@@ -41,14 +41,21 @@ def test_exact_critic_matches_numpy(solver, rng):
     x, y = _problem(rng)
     a = rng.uniform(0.2, 1.0, size=len(x))
     want = _np_exact_sobolev_velocity(x, y, 0.9, 0.05, a)
-    c = sobolev.exact_critic(
-        kernels.Gaussian(0.9), x, y, 0.05, wx=a, solver=solver, cg_tol=1e-12, cg_maxiter=5000
-    )
-    np.testing.assert_allclose(c.grad_at_x, want, rtol=1e-7, atol=1e-9)
+
+    @jax.jit  # one compilation instead of many eager ones
+    def velocities(x, y, a):
+        c = sobolev.exact_critic(
+            kernels.Gaussian(0.9), x, y, 0.05, wx=a, solver=solver, cg_tol=1e-12, cg_maxiter=5000
+        )
+        # the gradient of the critic's value, by autodiff
+        g = jax.vmap(jax.grad(lambda z: c.value(z[None])[0]))(x[:5])
+        return c.grad_at_x, c.grad(x), g
+
+    at_x, field, g = velocities(x, y, a)
+    np.testing.assert_allclose(at_x, want, rtol=1e-7, atol=1e-9)
     # the critic's gradient field evaluated anywhere agrees at the particles
-    np.testing.assert_allclose(c.grad(x), want, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(field, want, rtol=1e-7, atol=1e-9)
     # and is the gradient of the critic's value
-    g = jax.vmap(jax.grad(lambda z: c.value(z[None])[0]))(jnp.asarray(x[:5]))
     np.testing.assert_allclose(g, want[:5], rtol=1e-7, atol=1e-9)
 
 
@@ -97,16 +104,24 @@ def test_feature_space_and_sample_space_forms_agree(solver, rng):
     """With k = phi . phi exactly, the exact (sample-space) critic equals the RFF critic."""
     x, y = _problem(rng, n=25, m=20)
     rff = features.RFF.create(kernels.Gaussian(1.0), jax.random.key(3), 30, 2, dtype=jnp.float64)
-    c1 = sobolev.rff_critic(rff, x, y, 0.05)
-    c2 = sobolev.exact_critic(
-        features.FeatureKernel(rff), x, y, 0.05, solver=solver, cg_tol=1e-13, cg_maxiter=5000
-    )
     z = rng.normal(size=(6, 2))
-    np.testing.assert_allclose(c2.grad_at_x, c1.grad(x), rtol=1e-8, atol=1e-10)
-    np.testing.assert_allclose(c2.grad(z), c1.grad(z), rtol=1e-8, atol=1e-10)
-    np.testing.assert_allclose(c2.value(z), c1.value(z), rtol=1e-8, atol=1e-10)
-    np.testing.assert_allclose(c2.discrepancy_sq, c1.discrepancy_sq, rtol=1e-8)
-    np.testing.assert_allclose(c2.mmd2, c1.mmd2, rtol=1e-10)
+
+    @jax.jit  # one compilation instead of many eager ones
+    def both(x, y, z):
+        c1 = sobolev.rff_critic(rff, x, y, 0.05)
+        kf = features.FeatureKernel(rff)
+        c2 = sobolev.exact_critic(kf, x, y, 0.05, solver=solver, cg_tol=1e-13, cg_maxiter=5000)
+        return [
+            (c2.grad_at_x, c1.grad(x)),
+            (c2.grad(z), c1.grad(z)),
+            (c2.value(z), c1.value(z)),
+            (c2.discrepancy_sq, c1.discrepancy_sq),
+        ], (c2.mmd2, c1.mmd2)
+
+    pairs, (mmd_exact, mmd_rff) = both(x, y, z)
+    for got, want in pairs:
+        np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(mmd_exact, mmd_rff, rtol=1e-10)
 
 
 def test_rff_critic_converges_to_exact_as_features_grow(rng):
@@ -115,12 +130,14 @@ def test_rff_critic_converges_to_exact_as_features_grow(rng):
     exact = sobolev.exact_critic(k, x, y, 0.05).grad_at_x
     errs = []
     for m in (32, 256, 2048):
-        errs_m = []
-        for seed in range(3):
-            rff = features.RFF.create(k, jax.random.key(seed), m, 2, dtype=jnp.float64)
-            v = sobolev.rff_critic(rff, x, y, 0.05).grad(x)
-            errs_m.append(np.linalg.norm(v - exact) / np.linalg.norm(exact))
-        errs.append(np.mean(errs_m))
+
+        @jax.jit
+        def velocity(key, m=m):
+            rff = features.RFF.create(k, key, m, 2, dtype=jnp.float64)
+            return sobolev.rff_critic(rff, x, y, 0.05).grad(x)
+
+        vs = [velocity(jax.random.key(seed)) for seed in range(3)]
+        errs.append(np.mean([np.linalg.norm(v - exact) / np.linalg.norm(exact) for v in vs]))
     assert errs[0] > errs[1] > errs[2]
     assert errs[2] < 0.12
 

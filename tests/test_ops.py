@@ -165,3 +165,38 @@ print("ok")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
     assert "ok" in res.stdout
+
+
+def test_default_tiles_on_cpu_and_their_sums(rng):
+    # on CPU the default block_size means wide tiles of about rows * cols pairs for the
+    # direct-difference distance; the sums over them (several row and column blocks, both
+    # padded) equal the float64 NumPy reference
+    assert jax.default_backend() == "cpu"
+    rows, cols = ops.CPU_DIRECT_TILES
+    assert ops.default_tiles(2, 10**6, 10**6) == (rows, cols)
+    assert ops.default_tiles(ops.DIRECT_MAX_D, 1000, 900) == (1000, 900)  # one tile
+    assert ops.default_tiles(3, 10**6, 2048) == (rows * cols // 2048, 2048)
+    assert ops.default_tiles(ops.DIRECT_MAX_D + 1, 10**6, 10**6) == (ops.DEFAULT_BLOCK_SIZE,) * 2
+    n, m = 2 * rows + 3, cols + 5  # 3 row blocks x 2 column blocks
+    assert ops.default_tiles(3, n, m) == (rows, cols)
+    x, y = rng.normal(size=(n, 3)), rng.normal(size=(m, 3))
+    w = rng.normal(size=(m,))
+    k = kernels.Gaussian(1.1)
+    diff = x[:, None, :] - y[None, :, :]
+    kxy = np.exp(-np.sum(diff**2, -1) / (2 * 1.1**2))
+    np.testing.assert_allclose(ops.kernel_matvec(k, x, y, w, impl="blocked"), kxy @ w, rtol=1e-10)
+    want = np.einsum("ij,j,ijd->id", kxy, w, -diff) / 1.1**2
+    got = ops.kernel_grad_matvec(k, x, y, w, impl="blocked")
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_blocked_result_type_follows_the_tile_with_several_blocks():
+    # float32 points, float64 kernel parameter (x64 on): every path returns the same dtype
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(37, 2)), jnp.float32)
+    k = kernels.Gaussian(jnp.float64(1.3))
+    w = jnp.ones(37, jnp.float32)
+    dense = ops.kernel_matvec(k, x, x, w, impl="dense")
+    for bs in (8, (8, 16), 64):
+        out = ops.kernel_matvec(k, x, x, w, impl="blocked", block_size=bs)
+        assert out.dtype == dense.dtype, bs
+        np.testing.assert_allclose(out, dense, rtol=1e-6)
