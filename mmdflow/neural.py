@@ -49,7 +49,7 @@ import optax
 from flax import nnx
 
 from mmdflow._checks import check_points
-from mmdflow.flows import FlowState, _check_hyper, _init_state, _kinetic, schedule_value
+from mmdflow.flows._state import FlowState, _check_hyper, _init_state, _kinetic, schedule_value
 from mmdflow.kernels import Gaussian, Kernel
 from mmdflow.mmd import _weights
 from mmdflow.ops import check_kernel

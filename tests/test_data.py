@@ -205,7 +205,8 @@ def test_image_points_subset_and_errors():
 
 
 def test_image_fallback_without_skimage(monkeypatch):
-    monkeypatch.setattr(data, "_skimage_file", lambda filename: None)
+    # `image` lives in mmdflow.data._images and looks the helper up there.
+    monkeypatch.setattr(data._images, "_skimage_file", lambda filename: None)
     with pytest.warns(UserWarning, match="grace_hopper"):
         img = data.image("astronaut")
     assert np.array_equal(img, data.image("grace_hopper"))

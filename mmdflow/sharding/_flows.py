@@ -11,14 +11,8 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from mmdflow._checks import check_points
-from mmdflow.flows import (
-    FlowState,
-    KernelSobolevDescent,
-    MMDFlow,
-    _kinetic,
-    _sobolev_move,
-    schedule_value,
-)
+from mmdflow.flows import KernelSobolevDescent, MMDFlow
+from mmdflow.flows._state import FlowState, _kinetic, _sobolev_move, schedule_value
 from mmdflow.kernels import Kernel
 from mmdflow.mmd import _weights
 from mmdflow.ops import (

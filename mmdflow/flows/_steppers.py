@@ -1,111 +1,27 @@
-"""Particle flows as pure ``init`` / ``step`` steppers, and the drivers that run them.
-
-Steppers (frozen dataclasses; hyperparameters are attributes, schedules are
-callables ``count -> value``):
-
-* :class:`KernelSobolevDescent`: regularized kernel Sobolev descent (Mroueh, Sercu &
-  Raj 2019): ``x <- x + step_size * grad f(x)`` with the Sobolev critic of
-  :mod:`mmdflow.sobolev` (random Fourier features or the exact kernel).
-* :class:`MMDFlow`: the MMD gradient flow of Arbel et al. (2019),
-  ``x <- x + step_size * grad witness(x + noise_level * eps)`` (noise injection).
-* ``mmdflow.neural.NeuralSobolevDescent``: the neural-critic version (Flax).
-
-Protocol::
-
-    state = stepper.init(x0, key)          # FlowState
-    state, aux = stepper.step(state, y)    # aux: dict of scalars
-
-:func:`scan` runs ``num_steps`` steps in one ``lax.scan`` (pure, jit-able);
-:func:`run` drives it from the host in chunks of ``record_every`` steps (one
-compiled scan), recording MMD^2, kinetic energy, critic value and wall time.
-
-Example:
-  >>> import jax
-  >>> from mmdflow import flows, kernels
-  >>> x0 = jax.random.normal(jax.random.key(0), (200, 2))
-  >>> y = jax.random.normal(jax.random.key(1), (300, 2)) + 2.0
-  >>> s = flows.KernelSobolevDescent(kernels.Gaussian(1.0), step_size=0.5, reg=0.1, num_features=128)
-  >>> state, hist = flows.run(s, x0, y, num_steps=20, key=jax.random.key(2), record_every=10)
-  >>> hist["mmd2"].shape
-  (3,)
-"""
+"""The kernel steppers: :class:`KernelSobolevDescent` and :class:`MMDFlow`."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from mmdflow._checks import check_points, concrete_array
+from mmdflow._checks import check_points
 from mmdflow.features import RFF
+from mmdflow.flows._state import (
+    FlowState,
+    _check_hyper,
+    _init_state,
+    _kinetic,
+    _sobolev_move,
+    schedule_value,
+)
 from mmdflow.kernels import Kernel, _pytree
-from mmdflow.mmd import _weights, mmd2, witness_grad
+from mmdflow.mmd import _weights, witness_grad
 from mmdflow.ops import check_kernel
 from mmdflow.sobolev import exact_critic, rff_embedding, rff_solve
-
-__all__ = [
-    "FlowState",
-    "RFFState",
-    "KernelSobolevDescent",
-    "MMDFlow",
-    "scan",
-    "run",
-    "schedule_value",
-]
-
-
-class FlowState(NamedTuple):
-    """State of a particle flow.
-
-    Attributes:
-      x: ``[n, d]`` particles.
-      wx: ``[n]`` particle weights (normalised).
-      key: PRNG key.
-      count: int32 step counter.
-      extra: stepper-specific pytree (random features, critic parameters, ...).
-    """
-
-    x: jax.Array
-    wx: jax.Array
-    key: jax.Array
-    count: jax.Array
-    extra: Any = None
-
-
-def schedule_value(v, count):
-    """A hyperparameter that is a constant or a schedule ``count -> value``."""
-    return v(count) if callable(v) else v
-
-
-def _check_hyper(cls, name, v, allow_zero=False):
-    if callable(v):
-        return
-    a = concrete_array(v)
-    if a is None:
-        return
-    bad = (a < 0).any() if allow_zero else (a <= 0).any()
-    if bad or not np.isfinite(a).all():
-        rel = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{cls}: `{name}` must be finite and {rel}; got {a.tolist()}.")
-
-
-def _init_state(x0, key, wx, extra=None):
-    x0 = check_points("x0", x0)
-    if not jnp.issubdtype(x0.dtype, jnp.floating):
-        raise ValueError(f"`x0` must be floating; got {x0.dtype}.")
-    a = _weights("wx", wx, x0.shape[0], "x0", x0.dtype)
-    return FlowState(x=x0, wx=a, key=key, count=jnp.zeros((), jnp.int32), extra=extra)
-
-
-def _kinetic(dx, a, step_size):
-    """Weighted ``mean |dx|^2 / step_size``."""
-    return jnp.dot(a, jnp.sum(dx * dx, axis=1)) / step_size
 
 
 @_pytree(data=("rff", "mu_p", "has_mu_p"))
@@ -121,24 +37,6 @@ class RFFState:
     rff: RFF
     mu_p: jax.Array
     has_mu_p: jax.Array
-
-
-def _sobolev_move(state: FlowState, v, critic, eps, normalize: bool):
-    """Particle displacement ``dx = eps v`` along a Sobolev critic's gradient ``v`` and its aux.
-
-    ``critic`` provides ``discrepancy_sq`` and ``mmd2``; with ``normalize`` the critic is
-    the unit-Sobolev-ball one (``v / sqrt(delta^T u)``). Shared by the sharded stepper.
-    """
-    disc2 = critic.discrepancy_sq
-    if normalize:
-        v = v / jnp.sqrt(jnp.maximum(disc2, jnp.finfo(v.dtype).tiny))
-    dx = (eps * v).astype(state.x.dtype)
-    aux = {
-        "kinetic": _kinetic(dx, state.wx, eps),
-        "critic": jnp.sqrt(jnp.maximum(disc2, 0.0)),
-        "mmd2_critic": critic.mmd2,
-    }
-    return dx, aux
 
 
 def _rff_critic(rff, x, a, mu_p, reg):
@@ -347,106 +245,3 @@ class MMDFlow:
         dx = (eps * v).astype(state.x.dtype)
         aux = {"kinetic": _kinetic(dx, state.wx, eps), "critic": jnp.asarray(jnp.nan, v.dtype)}
         return state._replace(x=state.x + dx, key=key, count=state.count + 1), aux
-
-
-def _host(a):
-    """``a`` as a NumPy array; arrays sharded over several processes are all-gathered."""
-    if getattr(a, "is_fully_addressable", True):
-        return np.asarray(a)
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
-
-
-def scan(stepper, state: FlowState, y: jax.Array, num_steps: int, wy: jax.Array | None = None):
-    """Runs ``num_steps`` steps in one ``lax.scan``; returns ``(state, stacked aux)``."""
-    return jax.lax.scan(lambda s, _: stepper.step(s, y, wy), state, None, length=num_steps)
-
-
-def run(
-    stepper,
-    x0: jax.Array,
-    y: jax.Array,
-    *,
-    num_steps: int,
-    key: jax.Array,
-    record_every: int = 10,
-    wx: jax.Array | None = None,
-    wy: jax.Array | None = None,
-    mmd_kernel: Kernel | None = None,
-    record_trajectory: bool = False,
-    callback: Callable[[int, dict], None] | None = None,
-    impl: str = "auto",
-):
-    """Runs a flow from the host in jitted chunks of ``record_every`` steps.
-
-    After every chunk (and at step 0) it records the biased MMD^2 between the
-    particles and the target under ``mmd_kernel`` (default: the stepper's
-    kernel), the last step's kinetic energy ``mean |dx|^2 / step_size`` and critic
-    value (Sobolev discrepancy estimate), and the wall time. The chunk function
-    is compiled once (a remainder chunk, if any, once more).
-
-    Args:
-      stepper: an object with ``init`` and ``step``.
-      x0: ``[n, d]`` initial particles.
-      y: ``[m, d]`` target samples.
-      num_steps: number of steps.
-      key: PRNG key.
-      record_every: steps per recorded point.
-      wx, wy: optional particle / target weights.
-      mmd_kernel: kernel for the recorded MMD^2.
-      record_trajectory: also return particles at every record, ``[R, n, d]``.
-      callback: called as ``callback(step, record)`` after each chunk (progress bars).
-      impl: kernel-sum implementation for the recorded MMD^2.
-
-    Returns:
-      ``(final_state, history)`` with history a dict of NumPy arrays: ``step``,
-      ``mmd2``, ``kinetic``, ``critic``, ``wall_time`` (seconds since start,
-      compile time included in the first chunk), and ``trajectory`` if requested.
-    """
-    if not isinstance(num_steps, int) or num_steps < 0:
-        raise ValueError(f"`num_steps` must be a non-negative int; got {num_steps!r}.")
-    if not isinstance(record_every, int) or record_every < 1:
-        raise ValueError(f"`record_every` must be a positive int; got {record_every!r}.")
-    state = stepper.init(x0, key, wx)
-    y = check_points("y", y, d=state.x.shape[1], other="x0")
-    kmmd = mmd_kernel if mmd_kernel is not None else stepper.kernel
-
-    # y and wy are arguments, not closed-over constants (no constant folding of the target)
-    @jax.jit
-    def measure(x, wx, yy, wyy):
-        return mmd2(x, yy, kmmd, wx=wx, wy=wyy, impl=impl)
-
-    chunk = jax.jit(lambda s, yy, wyy, n: scan(stepper, s, yy, n, wyy), static_argnums=3)
-    nan = float("nan")
-    hist = {
-        "step": [0],
-        "mmd2": [float(measure(state.x, state.wx, y, wy))],
-        "kinetic": [nan],
-        "critic": [nan],
-    }
-    traj = [_host(state.x)] if record_trajectory else None
-    t0 = time.perf_counter()
-    hist["wall_time"] = [0.0]
-    done = 0
-    for _ in range(math.ceil(num_steps / record_every)):
-        n = min(record_every, num_steps - done)
-        state, aux = chunk(state, y, wy, n)
-        done += n
-        rec = {
-            "step": done,
-            "mmd2": float(measure(state.x, state.wx, y, wy)),
-            "kinetic": float(aux["kinetic"][-1]),
-            "critic": float(aux["critic"][-1]),
-            "wall_time": time.perf_counter() - t0,
-        }
-        for name, val in rec.items():
-            hist[name].append(val)
-        if record_trajectory:
-            traj.append(_host(state.x))
-        if callback is not None:
-            callback(done, rec)
-    out = {name: np.asarray(v) for name, v in hist.items()}
-    if record_trajectory:
-        out["trajectory"] = np.stack(traj)
-    return state, out
