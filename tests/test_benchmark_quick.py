@@ -76,3 +76,12 @@ def test_flow_steps_quick_writes_json(tmp_path):
             assert 0.7 < r["xla_flops"] / r["model_flops"] < 1.5
         else:
             assert r["gpairs_per_s"] > 0
+
+
+def test_gpu_session_script_parses_and_rejects_unknown_stages():
+    import subprocess
+
+    script = SCRIPT.parent / "gpu_session.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    proc = subprocess.run(["bash", str(script), "nope"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "usage" in proc.stderr
