@@ -131,13 +131,14 @@ def plain_grad_matvec(h, x, y, w, chunk):
     return lax.map(row, x, batch_size=chunk)
 
 
-def plain_mmd2(h, x, y, chunk):
+def baseline_mmd2(matvec, h, x, y, chunk):
+    """Biased MMD^2 from three kernel sums of a baseline's ``matvec(h, x, y, w, chunk)``."""
     n, m = x.shape[0], y.shape[0]
     a = jnp.full((n,), 1.0 / n, x.dtype)
     b = jnp.full((m,), 1.0 / m, x.dtype)
-    txx = jnp.dot(a, plain_matvec(h, x, x, a, chunk))
-    tyy = jnp.dot(b, plain_matvec(h, y, y, b, chunk))
-    txy = jnp.dot(a, plain_matvec(h, x, y, b, chunk))
+    txx = jnp.dot(a, matvec(h, x, x, a, chunk))
+    tyy = jnp.dot(b, matvec(h, y, y, b, chunk))
+    txy = jnp.dot(a, matvec(h, x, y, b, chunk))
     return jnp.maximum(txx + tyy - 2.0 * txy, 0.0)
 
 
@@ -184,31 +185,24 @@ def ott_grad_matvec(h, x, y, w, chunk):
     return (kv[:, :-1] - kv[:, -1:] * x) / h**2
 
 
-def ott_mmd2(h, x, y, chunk):
-    n, m = x.shape[0], y.shape[0]
-    a = jnp.full((n,), 1.0 / n, x.dtype)
-    b = jnp.full((m,), 1.0 / m, x.dtype)
-    txx = jnp.dot(a, ott_matvec(h, x, x, a, chunk))
-    tyy = jnp.dot(b, ott_matvec(h, y, y, b, chunk))
-    txy = jnp.dot(a, ott_matvec(h, x, y, b, chunk))
-    return jnp.maximum(txx + tyy - 2.0 * txy, 0.0)
+# baseline impl -> (matvec, grad_matvec), each ``f(h, x, y, w, chunk)`` for the Gaussian
+BASELINES = {
+    "plain_jax_chunked": (plain_matvec, plain_grad_matvec),
+    "ott_online": (ott_matvec, ott_grad_matvec),
+}
 
 
 # ---------------------------------------------------------------- the benchmarked functions
 def build_fn(impl: str, op: str, block_size, chunk: int):
     """Returns ``f(k, x, y, w)`` to jit (``k`` is a kernel pytree)."""
-    if impl == "plain_jax_chunked":
+    if impl in BASELINES:
+        mv, gmv = BASELINES[impl]
         if op == "matvec":
-            return lambda k, x, y, w: plain_matvec(k.bandwidth, x, y, w, chunk)
+            return lambda k, x, y, w: mv(k.bandwidth, x, y, w, chunk)
         if op == "grad_matvec":
-            return lambda k, x, y, w: plain_grad_matvec(k.bandwidth, x, y, w, chunk)
-        return lambda k, x, y, w: jax.grad(lambda x: plain_mmd2(k.bandwidth, x, y, chunk))(x)
-    if impl == "ott_online":
-        if op == "matvec":
-            return lambda k, x, y, w: ott_matvec(k.bandwidth, x, y, w, chunk)
-        if op == "grad_matvec":
-            return lambda k, x, y, w: ott_grad_matvec(k.bandwidth, x, y, w, chunk)
-        return lambda k, x, y, w: jax.grad(lambda x: ott_mmd2(k.bandwidth, x, y, chunk))(x)
+            return lambda k, x, y, w: gmv(k.bandwidth, x, y, w, chunk)
+        mmd = lambda k, x, y: baseline_mmd2(mv, k.bandwidth, x, y, chunk)
+        return lambda k, x, y, w: jax.grad(lambda x: mmd(k, x, y))(x)
     kw = dict(impl=impl, block_size=block_size)
     if op == "matvec":
         return lambda k, x, y, w: ops.kernel_matvec(k, x, y, w, **kw)

@@ -114,9 +114,14 @@ def resolve_impl(impl: str, n: int, m: int, k: Kernel | None = None, dtype=None)
     return impl
 
 
+def _is_default_block(block_size) -> bool:
+    """Whether ``block_size`` is the default (it then means "tiles chosen for the path")."""
+    return isinstance(block_size, int) and block_size == DEFAULT_BLOCK_SIZE
+
+
 def _fused_blocks(block_size):
     """``block_size`` for the fused path: the blocked default means the fused default."""
-    if isinstance(block_size, int) and block_size == DEFAULT_BLOCK_SIZE:
+    if _is_default_block(block_size):
         return None
     return block_size
 
@@ -188,7 +193,7 @@ def _blocked_reduce(tile, x, y, w, block_size, tail):
     n, d = x.shape
     m, kk = w.shape
     bx, by = check_block_size(block_size)
-    if isinstance(block_size, int) and block_size == DEFAULT_BLOCK_SIZE:
+    if _is_default_block(block_size):
         bx, by = default_tiles(d, n, m)
     bx, by = min(bx, n), min(by, m)
     nbx, nby = math.ceil(n / bx), math.ceil(m / by)

@@ -1,22 +1,15 @@
 """Smoke test of the kernel-sum benchmark script (benchmarks/kernel_sums.py)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "kernel_sums.py"
-FLOW_STEPS = SCRIPT.parent / "flow_steps.py"
+from _scripts import BENCHMARKS, load_benchmark
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("mmdflow_bench_kernel_sums", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("kernel_sums")
 
 
 def test_kernel_sums_quick_writes_json(tmp_path):
@@ -37,14 +30,14 @@ def test_kernel_sums_quick_writes_json(tmp_path):
     assert all(r.get("reason") for r in skipped)
 
 
-@pytest.mark.parametrize("baseline", ["plain", "ott"])
+@pytest.mark.parametrize("baseline", ["plain_jax_chunked", "ott_online"])
 def test_baselines_compute_the_same_sums_as_numpy(baseline):
     # the plain-JAX and ott-jax baselines must be the same ops as mmdflow's, or the
     # comparison rows mean nothing (ott-jax is optional: the ".[bench]" extra)
     bench = _load_script()
-    if baseline == "ott" and bench.ott_pointcloud() is None:
+    if baseline == "ott_online" and bench.ott_pointcloud() is None:
         pytest.skip('ott-jax is not installed (pip install -e ".[bench]")')
-    mv, gmv = getattr(bench, baseline + "_matvec"), getattr(bench, baseline + "_grad_matvec")
+    mv, gmv = bench.BASELINES[baseline]
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(40, 3)), rng.normal(size=(30, 3)) + 0.5
     w, h = rng.uniform(0.5, 1.5, 30), 1.3
@@ -57,9 +50,7 @@ def test_baselines_compute_the_same_sums_as_numpy(baseline):
 
 
 def test_flow_steps_quick_writes_json(tmp_path):
-    spec = importlib.util.spec_from_file_location("mmdflow_bench_flow_steps", FLOW_STEPS)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("flow_steps")
     out = tmp_path / "f.json"
     args = ["--quick", "--n", "128", "256", "--features", "64", "--cg-iters", "3"]
     result = bench.main([*args, "--repeats", "1", "--out", str(out)])
@@ -81,7 +72,7 @@ def test_flow_steps_quick_writes_json(tmp_path):
 def test_gpu_session_script_parses_and_rejects_unknown_stages():
     import subprocess
 
-    script = SCRIPT.parent / "gpu_session.sh"
+    script = BENCHMARKS / "gpu_session.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     proc = subprocess.run(["bash", str(script), "nope"], capture_output=True, text=True)
     assert proc.returncode == 2 and "usage" in proc.stderr

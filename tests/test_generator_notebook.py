@@ -1,6 +1,5 @@
 """Smoke tests for notebooks/04_generator_kernelized_flow.ipynb and the convergence benchmark."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -9,10 +8,10 @@ import matplotlib
 import numpy as np
 import pytest
 from _notebooks import notebook_code
+from _scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "04_generator_kernelized_flow.ipynb"
-BENCH = ROOT / "benchmarks" / "generator_convergence.py"
 
 
 def test_notebook_is_executed_and_small():
@@ -54,10 +53,7 @@ def test_notebook_runs_small(monkeypatch):
 
 
 def _load_bench():
-    spec = importlib.util.spec_from_file_location("generator_convergence_test", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("generator_convergence")
 
 
 def test_mixtures_and_coverage():

@@ -16,6 +16,7 @@ import _sharding_checks
 import jax
 import numpy as np
 import pytest
+from _scripts import load_benchmark
 
 from mmdflow import kernels, sharding
 
@@ -178,14 +179,7 @@ def test_argument_validation():
 
 # ---------------------------------------------------------------- benchmark script
 def _load_scaling():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "scaling.py"
-    spec = importlib.util.spec_from_file_location("mmdflow_bench_scaling", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("scaling")
 
 
 def test_comm_estimate_formulas():
