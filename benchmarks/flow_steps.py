@@ -40,36 +40,28 @@ Writes JSON (metadata header + records) to ``--out`` (default
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
-import json
-import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import _common as common
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import mmdflow
 from mmdflow import flows, kernels
 
 SCHEMA = "mmdflow.bench.flow_steps/1"
 STEPPERS = ("sobolev_rff", "sobolev_exact", "mmd_flow")
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 QUICK_N, CPU_N, GPU_N = (1024, 4096), (4096, 16384, 65536), (65536, 262144, 1048576)
 # fp32 peak without tensor cores (TFLOP/s): device-kind substring -> peak
 PEAK_FP32_TFLOPS = {"H100": 67.0, "H200": 67.0}
 
 
 def peak_tflops(device_kind: str) -> float | None:
-    for key, peak in PEAK_FP32_TFLOPS.items():
-        if key in device_kind:
-            return peak
-    return None
+    """The fp32 peak (TFLOP/s) of a device kind, or None when unknown."""
+    return common.device_value(PEAK_FP32_TFLOPS, device_kind)
 
 
 def rff_model_flops(n: int, m: int, d: int) -> float:
@@ -91,9 +83,7 @@ def make_stepper(name: str, args, d: int):
 
 
 def make_inputs(n: int, d: int, seed: int):
-    rng = np.random.default_rng(seed + 1000 * d + n)
-    x = rng.standard_normal((n, d), dtype=np.float32)
-    y = rng.standard_normal((n, d), dtype=np.float32) + np.float32(0.5)
+    x, y, _ = common.sample_points(n, d, seed)
     return jax.device_put(x), jax.device_put(y)
 
 
@@ -103,9 +93,7 @@ def bench_one(stepper, x, y, repeats: int, seed: int) -> dict:
     t0 = time.perf_counter()
     compiled = step.lower(state, y).compile()
     rec = {"compile_s": time.perf_counter() - t0}
-    mem = compiled.memory_analysis()
-    temp = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
-    rec["temp_bytes"] = int(temp) if temp is not None else None
+    rec["temp_bytes"] = common.memory_bytes(compiled)
     try:
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list | tuple) else cost
@@ -116,11 +104,7 @@ def bench_one(stepper, x, y, repeats: int, seed: int) -> dict:
     t = time.perf_counter()
     state, aux = jax.block_until_ready(compiled(state, y))  # warm-up, also the state to time
     rec["warmup_s"] = time.perf_counter() - t
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(compiled(state, y))
-        times.append(time.perf_counter() - t)
+    times = common.timings(lambda: compiled(state, y), repeats)
     rec["run_s"] = statistics.median(times)
     rec["run_s_all"] = times
     rec["finite"] = bool(jnp.all(jnp.isfinite(state.x)))
@@ -166,27 +150,11 @@ def run_config(args, name: str, n: int, d: int, prev) -> dict:
 
 
 def metadata(args, ns, ds) -> dict:
-    dev = jax.devices()[0]
-    try:
-        import jaxlib
-
-        jaxlib_version = jaxlib.__version__
-    except Exception:  # noqa: BLE001
-        jaxlib_version = None
     return {
         "schema": SCHEMA,
-        "date_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "platform": jax.default_backend(),
-        "device_kind": dev.device_kind,
-        "host_cpu_count": os.cpu_count(),
-        "os": f"{platform.system()} {platform.machine()}",
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib_version,
-        "mmdflow": mmdflow.__version__,
-        "loadavg_start": _loadavg(),
+        **common.environment(omit=("device_count", "numpy", "ott_jax", "xla_flags")),
         "dtype": "float32",
-        "peak_fp32_tflops": peak_tflops(dev.device_kind),
+        "peak_fp32_tflops": peak_tflops(jax.devices()[0].device_kind),
         "config": {
             "quick": args.quick,
             "steppers": list(args.steppers),
@@ -211,17 +179,6 @@ def metadata(args, ns, ds) -> dict:
     }
 
 
-def _loadavg():
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (OSError, AttributeError):
-        return None
-
-
-def _fmt(v, spec):
-    return "" if v is None else format(v, spec)
-
-
 def markdown_table(records: list[dict]) -> str:
     cols = [
         "stepper",
@@ -242,12 +199,12 @@ def markdown_table(records: list[dict]) -> str:
             continue
         tf = ""
         if "model_tflops_per_s" in r:
-            tf = f"{r['model_tflops_per_s']:.3f} / {_fmt(r.get('xla_tflops_per_s'), '.3f')}"
+            tf = f"{r['model_tflops_per_s']:.3f} / {common.fmt(r.get('xla_tflops_per_s'), '.3f')}"
         temp = None if r.get("temp_bytes") is None else r["temp_bytes"] / 1e6
         lines.append(
             f"| {r['stepper']} | {r['n']} | {r['d']} | {r['compile_s']:.2f} "
-            f"| {1e3 * r['run_s']:.2f} | {tf} | {_fmt(r.get('gpairs_per_s'), '.3f')} "
-            f"| {_fmt(temp, '.1f')} |"
+            f"| {1e3 * r['run_s']:.2f} | {tf} | {common.fmt(r.get('gpairs_per_s'), '.3f')} "
+            f"| {common.fmt(temp, '.1f')} |"
         )
     return "\n".join(lines)
 
@@ -279,10 +236,7 @@ def main(argv=None) -> dict:
     backend = jax.default_backend()
     ns = sorted(set(args.n or (QUICK_N if args.quick else GPU_N if backend == "gpu" else CPU_N)))
     ds = sorted(set(args.d))
-    out = Path(
-        args.out or RESULTS_DIR / f"flow_steps_{backend}{'_quick' if args.quick else ''}.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out or common.default_out("flow_steps", args.quick))
     result = {"metadata": metadata(args, ns, ds), "records": []}
     t_start = time.perf_counter()
     last: dict = {}
@@ -294,11 +248,11 @@ def main(argv=None) -> dict:
                     last[(name, d)] = (n, rec["run_s"])
                 result["records"].append(rec)
                 result["metadata"]["total_wall_s"] = time.perf_counter() - t_start
-                out.write_text(json.dumps(result, indent=1) + "\n")
-                print(markdown_table([rec]).splitlines()[-1], file=sys.stderr, flush=True)
+                common.write_json(out, result)
+                common.log(markdown_table([rec]).splitlines()[-1])
                 gc.collect()
-    result["metadata"]["loadavg_end"] = _loadavg()
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    result["metadata"]["loadavg_end"] = common.loadavg()
+    common.write_json(out, result)
     md = result["metadata"]
     print(
         f"\nmmdflow flow steps: {md['platform']} ({md['device_kind']}), jax {md['jax']}, "

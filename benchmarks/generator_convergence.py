@@ -45,16 +45,14 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import datetime
+import functools
 import json
 import math
-import os
-import platform
 import re
 import statistics
-import sys
 import time
 
+import _common as common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -227,8 +225,7 @@ def dumps(obj) -> str:
     return re.sub(rf"\[\s+{num},\s+{num}\s+\]", r"[\1, \2]", json.dumps(obj, indent=1))
 
 
-def _fmt(x):
-    return f"{x:.2e}" if math.isfinite(x) else str(x)
+_fmt = functools.partial(common.fmt, spec=".2e")
 
 
 # --------------------------------------------------------------------------- equal time
@@ -303,12 +300,9 @@ def equal_time(a, kernel, hidden, latent_dim, log):
             }
         )
     meta = {
-        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "platform": jax.default_backend(),
-        "device": jax.devices()[0].device_kind,
-        "jax": jax.__version__,
-        "cpu_count": os.cpu_count(),
-        "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "date_utc": common.utc_timestamp(zulu=False),
+        **common.environment("platform", "device", "jax", "cpu_count"),
+        "loadavg": common.loadavg(ndigits=None),
         "config": {
             "equal_time_s": a.equal_time,
             "mixture": a.mixtures[0],
@@ -322,10 +316,8 @@ def equal_time(a, kernel, hidden, latent_dim, log):
             "metric": "mean held-out unbiased MMD^2 of the last 3 of 10 evaluations",
         },
     }
-    out = a.out or f"benchmarks/results/generator_equal_time_{jax.default_backend()}.json"
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out, "w") as f:
-        f.write(dumps({"meta": meta, "rows": rows}))
+    out = a.out or common.default_out("generator_equal_time")
+    out = common.write_json(out, {"meta": meta, "rows": rows}, dumps=dumps)
     print(f"## Equal training time {a.equal_time:g} s ({a.mixtures[0]}, {len(seeds)} seeds)\n")
     print("| config | lr | ms/step | steps | held-out MMD^2 | CG iters | CG rel. residual |")
     print("|---|---|---:|---:|---|---:|---:|")
@@ -387,11 +379,11 @@ def main(argv=None):
     hidden = tuple(a.hidden)
     kernel = kernels.MixtureRBF((0.1, 0.3, 1.0))
     latent_dim = 2
-    load0 = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load0 = common.loadavg(ndigits=None)
     t_start = time.perf_counter()
 
     def log(msg):
-        print(f"[{time.perf_counter() - t_start:7.1f}s] {msg}", file=sys.stderr, flush=True)
+        common.log(f"[{time.perf_counter() - t_start:7.1f}s] {msg}")
 
     if a.equal_time is not None:
         return equal_time(a, kernel, hidden, latent_dim, log)
@@ -489,15 +481,12 @@ def main(argv=None):
             )
     total = time.perf_counter() - t_start
     meta = {
-        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "platform": jax.default_backend(),
-        "device": jax.devices()[0].device_kind,
-        "jax": jax.__version__,
+        "date_utc": common.utc_timestamp(zulu=False),
+        **common.environment("platform", "device", "jax"),
         "optax": optax.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
+        **common.environment("python", "cpu_count"),
         "loadavg_start": load0,
-        "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "loadavg_end": common.loadavg(ndigits=None),
         "total_wall_s": total,
         "quick": a.quick,
         "config": {
@@ -528,13 +517,9 @@ def main(argv=None):
         },
     }
     result = {"meta": meta, "chosen_lr": chosen, "sweep": sweep, "runs": runs, "summary": summary}
-    out = a.out or (
-        f"benchmarks/results/generator_convergence_{jax.default_backend()}"
-        f"{'_quick' if a.quick else ''}.json"
+    out = common.write_json(
+        a.out or common.default_out("generator_convergence", a.quick), result, dumps=dumps
     )
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out, "w") as f:
-        f.write(dumps(result))
 
     # ---- markdown
     print(f"## Learning-rate sweep ({sweep_mix}, seed 0, {steps} steps)\n")

@@ -21,13 +21,10 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import statistics
 import time
 
+import _common as common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -155,22 +152,16 @@ def main(argv=None):
                 flush=True,
             )
     meta = {
-        "device": jax.devices()[0].device_kind,
-        "platform": jax.default_backend(),
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-        "date": datetime.date.today().isoformat(),
-        "cpu_count": os.cpu_count(),
-        "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        **common.environment("device", "platform", "jax", "python", "date", "cpu_count"),
+        "loadavg": common.loadavg(ndigits=None),
         "kernel": "MixtureRBF((0.1, 0.3, 1.0))",
         "reg": 1e-2,
         "cg_tol": train.GeneratorTrainer.cg_tol,
         "cg_iterations_needed": f"relative residuals {NEED_TOLS}, cap {NEED_CAP}",
     }
-    out = a.out or f"benchmarks/results/generator_step_{jax.default_backend()}.json"
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"meta": meta, "records": records}, f, indent=1)
+    out = common.write_json(
+        a.out or common.default_out("generator_step"), {"meta": meta, "records": records}
+    )
     print(f"wrote {out}")
     return records
 

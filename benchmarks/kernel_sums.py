@@ -42,28 +42,26 @@ Usage:
   python benchmarks/kernel_sums.py --kernels gaussian imq --ops grad_matvec
   python benchmarks/kernel_sums.py --impls blocked pallas     # on a GPU: the GPU config
 
-Writes JSON (metadata header + records) to ``--out`` and prints a markdown table
-to stdout; progress goes to stderr.
+Writes JSON (metadata header + records) to ``--out``, a plot of Gpairs/s against ``n``
+next to it (same name, ``.png``; ``--no-plot``: none; ``plot_results.py`` re-plots a JSON)
+and prints a markdown table to stdout; progress goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import itertools
-import json
 import math
-import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import _common as common
 import jax
 import jax.numpy as jnp
 import numpy as np
+import plot_results
 from jax import lax
 
 import mmdflow
@@ -74,7 +72,6 @@ SCHEMA = "mmdflow.bench.kernel_sums/1"
 IMPLS = ("dense", "blocked", "pallas", "plain_jax_chunked", "ott_online")
 OPS = ("matvec", "grad_matvec", "grad_of_mmd2")
 KERNELS = ("gaussian", "imq", "laplace", "mixture")
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 QUICK_N, QUICK_D = (1024, 2048), (2, 16)
 CPU_N, CPU_D = (4096, 16384, 65536), (2, 3, 16, 64)
@@ -86,10 +83,7 @@ EXP_UNIT_GPAIRS = {"H100": 4200.0, "H200": 4200.0}
 
 def exp_unit_bound(device_kind: str) -> float | None:
     """The exp-unit bound (Gpairs/s) of a device kind, or None when unknown."""
-    for key, bound in EXP_UNIT_GPAIRS.items():
-        if key in device_kind:
-            return bound
-    return None
+    return common.device_value(EXP_UNIT_GPAIRS, device_kind)
 
 
 # ---------------------------------------------------------------- kernels
@@ -161,14 +155,6 @@ def ott_pointcloud():
     return pointcloud.PointCloud
 
 
-def ott_version() -> str | None:
-    try:
-        import ott
-    except ImportError:
-        return None
-    return getattr(ott, "__version__", "unknown")
-
-
 def _ott_cloud(h, x, y, chunk):
     return ott_pointcloud()(x, y, epsilon=2.0 * h**2, batch_size=chunk)
 
@@ -212,48 +198,18 @@ def build_fn(impl: str, op: str, block_size, chunk: int):
 
 
 def make_inputs(n: int, d: int, seed: int = 0):
-    rng = np.random.default_rng(seed + 1000 * d + n)
-    x = rng.standard_normal((n, d), dtype=np.float32)
-    y = rng.standard_normal((n, d), dtype=np.float32) + np.float32(0.5)
+    x, y, rng = common.sample_points(n, d, seed)
     w = rng.uniform(0.5, 1.5, size=n).astype(np.float32) / np.float32(n)
     return tuple(jax.device_put(a) for a in (x, y, w))
 
 
-# ---------------------------------------------------------------- environment
-def default_memory_budget() -> int:
-    """Half the accelerator memory limit, or half the host RAM on CPU (fallback 8 GB)."""
-    try:
-        stats = jax.devices()[0].memory_stats() or {}
-        if "bytes_limit" in stats:
-            return int(stats["bytes_limit"] // 2)
-    except Exception:  # noqa: BLE001 - memory_stats is optional per backend
-        pass
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
-    except (ValueError, OSError, AttributeError):
-        return 8 * 10**9
-
-
+# ---------------------------------------------------------------- metadata
 def metadata(args, sizes) -> dict:
-    dev = jax.devices()[0]
     return {
         "schema": SCHEMA,
-        "date_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "platform": jax.default_backend(),
-        "device_kind": dev.device_kind,
-        "device_count": jax.device_count(),
-        "host_cpu_count": os.cpu_count(),
-        "os": f"{platform.system()} {platform.machine()}",
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jaxlib": _jaxlib_version(),
-        "numpy": np.__version__,
-        "mmdflow": mmdflow.__version__,
-        "ott_jax": ott_version(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "loadavg_start": _loadavg(),
+        **common.environment(),
         "dtype": "float32",
-        "exp_unit_bound_gpairs": exp_unit_bound(dev.device_kind),
+        "exp_unit_bound_gpairs": exp_unit_bound(jax.devices()[0].device_kind),
         "config": {
             "quick": args.quick,
             "n": list(sizes[0]),
@@ -284,23 +240,6 @@ def metadata(args, sizes) -> dict:
     }
 
 
-def _loadavg():
-    """1/5/15-minute host load averages (other processes sharing the CPU skew timings)."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (OSError, AttributeError):
-        return None
-
-
-def _jaxlib_version():
-    try:
-        import jaxlib
-
-        return jaxlib.__version__
-    except Exception:  # noqa: BLE001
-        return None
-
-
 # ---------------------------------------------------------------- one configuration
 def bench_one(fn, k, args_, repeats: int, max_temp_bytes: int, slow_s: float) -> dict:
     rec: dict = {}
@@ -311,11 +250,8 @@ def bench_one(fn, k, args_, repeats: int, max_temp_bytes: int, slow_s: float) ->
     t2 = time.perf_counter()
     rec["lower_s"] = t1 - t0
     rec["compile_s"] = t2 - t0
-    mem = compiled.memory_analysis()
-    temp = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
-    rec["temp_bytes"] = int(temp) if temp is not None else None
-    out_b = getattr(mem, "output_size_in_bytes", None) if mem is not None else None
-    rec["output_bytes"] = int(out_b) if out_b is not None else None
+    rec["temp_bytes"] = temp = common.memory_bytes(compiled)
+    rec["output_bytes"] = common.memory_bytes(compiled, "output_size_in_bytes")
     if temp is not None and temp > max_temp_bytes:
         rec["status"] = "skipped"
         rec["reason"] = (
@@ -323,19 +259,13 @@ def bench_one(fn, k, args_, repeats: int, max_temp_bytes: int, slow_s: float) ->
         )
         return rec
 
-    t = time.perf_counter()
-    jax.block_until_ready(compiled(k, *args_))
-    warm = time.perf_counter() - t
-    rec["warmup_s"] = warm
+    call = lambda: compiled(k, *args_)
+    rec["warmup_s"] = warm = common.timings(call, 1)[0]
     if warm > slow_s:
         times = [warm]
         rec["note"] = f"warm-up took {warm:.1f} s > --slow-s; timed from the warm-up only"
     else:
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            jax.block_until_ready(compiled(k, *args_))
-            times.append(time.perf_counter() - t)
+        times = common.timings(call, repeats)
     rec["status"] = "ok"
     rec["run_s_all"] = times
     rec["run_s"] = statistics.median(times)
@@ -344,10 +274,6 @@ def bench_one(fn, k, args_, repeats: int, max_temp_bytes: int, slow_s: float) ->
 
 
 # ---------------------------------------------------------------- table
-def _fmt(v, spec):
-    return "" if v is None else format(v, spec)
-
-
 def markdown_table(records: list[dict]) -> str:
     dense = {
         (r["kernel"], r["op"], r["n"], r["d"]): r["run_s"]
@@ -374,11 +300,11 @@ def markdown_table(records: list[dict]) -> str:
         note = r.get("reason") or r.get("note") or ""
         rows.append(
             f"| {r['kernel']} | {r['op']} | {impl} | {r['n']} | {r['d']} "
-            f"| {_fmt(r.get('compile_s'), '.2f')} "
-            f"| {_fmt(r['run_s'] * 1e3 if ok else None, '.2f')} "
-            f"| {_fmt(r.get('gpairs_per_s'), '.3f')} "
-            f"| {_fmt(r.get('exp_unit_fraction'), '.3f')} "
-            f"| {_fmt(temp / 1e6 if temp is not None else None, '.1f')} "
+            f"| {common.fmt(r.get('compile_s'), '.2f')} "
+            f"| {common.fmt(r['run_s'] * 1e3 if ok else None, '.2f')} "
+            f"| {common.fmt(r.get('gpairs_per_s'), '.3f')} "
+            f"| {common.fmt(r.get('exp_unit_fraction'), '.3f')} "
+            f"| {common.fmt(temp / 1e6 if temp is not None else None, '.1f')} "
             f"| {ratio} | {note} |"
         )
     return head + "\n".join(rows) + "\n"
@@ -457,6 +383,9 @@ def parse_args(argv=None):
         default=None,
         help="JSON output (default benchmarks/results/kernel_sums_<platform>[_quick].json)",
     )
+    p.add_argument(
+        "--no-plot", action="store_true", help="do not write the PNG plot next to the JSON"
+    )
     args = p.parse_args(argv)
     if args.repeats is None:
         args.repeats = 3 if args.quick else 5
@@ -471,10 +400,6 @@ def default_sizes(quick: bool, backend: str):
     if backend == "gpu":
         return GPU_N, GPU_D
     return CPU_N, CPU_D
-
-
-def _log(msg: str):
-    print(msg, file=sys.stderr, flush=True)
 
 
 def known_crash(args, op, impl, n, m, d) -> bool:
@@ -548,7 +473,9 @@ def run_config(args, kname, op, impl, n, d, prev) -> dict:
         rec["interpret"] = True
         rec["note"] = "Pallas interpret mode on CPU: a correctness run, not a speed"
     if impl == "ott_online":
-        rec["note"] = f"ott-jax {ott_version()} PointCloud(batch_size={args.chunk}).apply_kernel"
+        rec["note"] = (
+            f"ott-jax {common.ott_jax_version()} PointCloud(batch_size={args.chunk}).apply_kernel"
+        )
     rec.update(bench_one(fn, k, (x, y, w), args.repeats, args.max_temp_bytes, args.slow_s))
     if rec["status"] == "ok":
         rec["gpairs_per_s"] = n * m / rec["run_s"] / 1e9
@@ -597,18 +524,16 @@ def main(argv=None) -> dict:
     ns = sorted(set(args.n or dn))
     ds = sorted(set(args.d or dd))
     if args.max_temp_bytes is None:
-        args.max_temp_bytes = default_memory_budget()
-    out = args.out or RESULTS_DIR / f"kernel_sums_{backend}{'_quick' if args.quick else ''}.json"
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+        args.max_temp_bytes = common.default_memory_budget()
+    out = Path(args.out or common.default_out("kernel_sums", args.quick))
 
     result = {"metadata": metadata(args, (ns, ds)), "records": []}
     t_start = time.perf_counter()
 
     def flush():
         result["metadata"]["total_wall_s"] = time.perf_counter() - t_start
-        result["metadata"]["loadavg_end"] = _loadavg()
-        out.write_text(json.dumps(result, indent=1) + "\n")
+        result["metadata"]["loadavg_end"] = common.loadavg()
+        common.write_json(out, result)
 
     last: dict = {}  # (kernel, op, impl, d) -> (n, run_s) for run-time extrapolation
     # n innermost and ascending, so that the extrapolation guard sees the smaller sizes first
@@ -620,7 +545,7 @@ def main(argv=None) -> dict:
             last[key] = (n, rec["run_s"])
         result["records"].append(rec)
         flush()
-        _log(_progress(rec))
+        common.log(_progress(rec))
         gc.collect()
     flush()
     md = result["metadata"]
@@ -630,6 +555,8 @@ def main(argv=None) -> dict:
         f"loadavg {md['loadavg_start']} -> {md['loadavg_end']}; JSON: {out}\n"
     )
     print(markdown_table(result["records"]))
+    if not args.no_plot:
+        print(f"plot: {plot_results.plot_kernel_sums(result, out.with_suffix('.png'))}")
     return result
 
 

@@ -84,14 +84,12 @@ if __name__ == "__main__":
     _ensure_host_devices(sys.argv[1:])
 
 import argparse  # noqa: E402
-import datetime as _dt  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import _common as common  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
@@ -101,7 +99,6 @@ import mmdflow  # noqa: E402
 from mmdflow import kernelized, kernels, sharding  # noqa: E402
 
 SCHEMA = "mmdflow.bench.scaling/1"
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 COMM_DEVICES = (8, 64, 512)
 COMM_N = 10_000_000
 COMM_D = (2, 64)
@@ -168,36 +165,20 @@ def _round8(v: float) -> int:
     return 8 * math.ceil(v / 8)
 
 
-def make_inputs(n: int, d: int, seed: int):
-    rng = np.random.default_rng(seed + 1000 * d + n)
-    x = rng.standard_normal((n, d), dtype=np.float32)
-    y = rng.standard_normal((n, d), dtype=np.float32) + np.float32(0.5)
-    return x, y
-
-
 def bench(fn, args, repeats: int) -> dict:
     t0 = time.perf_counter()
     lowered = jax.jit(fn).lower(*args)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
-    try:
-        temp = int(compiled.memory_analysis().temp_size_in_bytes)
-    except Exception:  # noqa: BLE001 - memory analysis is optional per backend
-        temp = None
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    warm = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
+    call = lambda: compiled(*args)
+    warm = common.timings(call, 1)[0]
+    times = common.timings(call, repeats)
     return {
         "compile_s": compile_s,
         "warmup_s": warm,
         "run_s": statistics.median(times),
         "run_s_all": times,
-        "temp_bytes": temp,
+        "temp_bytes": common.memory_bytes(compiled),
     }
 
 
@@ -208,7 +189,7 @@ def run_one(mode, strategy, devices, n, d, args) -> dict:
         rec.update(status="skipped", reason=f"only {jax.device_count()} devices")
         return rec
     k = kernels.Gaussian(np.float32(math.sqrt(2.0 * d)))
-    x, y = make_inputs(n, d, args.seed)
+    x, y, _ = common.sample_points(n, d, args.seed)
     if strategy == "baseline":
         fn = lambda x, y: mmdflow.witness_grad(
             x, x, y, k, impl="blocked", block_size=args.block_size
@@ -328,11 +309,9 @@ def memory_records(args) -> list[dict]:
                     }
                 )
                 r = recs[-1]
-                print(
+                common.log(
                     f"memory {op:12s} {st:9s} D={dv} n={n} d={d}: temp "
-                    f"{r['temp_bytes'] / 1e6:.1f} MB (all sources {r['source_bytes'] / 1e6:.1f} MB)",
-                    file=sys.stderr,
-                    flush=True,
+                    f"{r['temp_bytes'] / 1e6:.1f} MB (all sources {r['source_bytes'] / 1e6:.1f} MB)"
                 )
     return recs
 
@@ -423,34 +402,15 @@ def parse_args(argv=None):
     return args
 
 
-def _loadavg():
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def main(argv=None) -> dict:
     """Runs the scaling sweep; writes the JSON, prints tables, returns the result dict."""
     args = parse_args(argv)
     backend = jax.default_backend()
-    out = Path(args.out or RESULTS_DIR / f"scaling_{backend}{'_quick' if args.quick else ''}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out or common.default_out("scaling", args.quick))
     devs = sorted(set(args.devices))
     meta = {
         "schema": SCHEMA,
-        "date_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "platform": backend,
-        "device_kind": jax.devices()[0].device_kind,
-        "device_count": jax.device_count(),
-        "host_cpu_count": os.cpu_count(),
-        "os": f"{platform.system()} {platform.machine()}",
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "numpy": np.__version__,
-        "mmdflow": mmdflow.__version__,
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "loadavg_start": _loadavg(),
+        **common.environment(omit=("jaxlib", "ott_jax")),
         "dtype": "float32",
         "config": {
             "quick": args.quick,
@@ -505,14 +465,14 @@ def main(argv=None) -> dict:
             if rec["status"] == "ok"
             else f"skipped: {rec['reason']}"
         )
-        print(msg, file=sys.stderr, flush=True)
+        common.log(msg)
     add_efficiency(result["records"])
     result["memory"] = memory_records(args)
     comm = [comm_estimate(COMM_N, COMM_N, d, dv) for d in COMM_D for dv in COMM_DEVICES]
     result["comm_estimate"] = comm
     meta["total_wall_s"] = time.perf_counter() - t_start
-    meta["loadavg_end"] = _loadavg()
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    meta["loadavg_end"] = common.loadavg()
+    common.write_json(out, result)
     print(
         f"\nsharded witness_grad / generator_step scaling: {backend}, {jax.device_count()} devices on "
         f"{os.cpu_count()} host CPUs, jax {jax.__version__}, total {meta['total_wall_s']:.1f} s, "

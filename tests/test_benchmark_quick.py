@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from _scripts import BENCHMARKS, load_benchmark
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
 
 def _load_script():
     return load_benchmark("kernel_sums")
@@ -28,6 +30,38 @@ def test_kernel_sums_quick_writes_json(tmp_path):
     assert all(r["compile_s"] > 0 for r in ran)
     skipped = [r for r in records if r["status"] != "ok"]
     assert all(r.get("reason") for r in skipped)
+    # the plot next to the JSON
+    png = out.with_suffix(".png")
+    assert png.stat().st_size > 0
+    assert png.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_kernel_sums_no_plot_writes_no_png(tmp_path):
+    bench = _load_script()
+    out = tmp_path / "b.json"
+    args = ["--impls", "blocked", "--ops", "matvec", "--n", "64", "--d", "2", "--repeats", "1"]
+    bench.main([*args, "--no-plot", "--out", str(out)])
+    assert out.exists()
+    assert list(tmp_path.glob("*.png")) == []
+
+
+def test_plot_results_replots_a_json(tmp_path):
+    # a stored result (e.g. a GPU JSON fetched later) is re-plotted without re-running
+    plot = load_benchmark("plot_results")
+    rec = lambda op, impl, n, **kw: dict(kernel="gaussian", op=op, impl=impl, n=n, d=2, **kw)
+    records = [
+        rec(op, impl, n, status="ok", gpairs_per_s=100.0 * n / 16384)
+        for op in ("matvec", "grad_of_mmd2")
+        for impl in ("blocked", "pallas")
+        for n in (16384, 65536)
+    ]
+    records.append(rec("matvec", "dense", 65536, status="skipped", reason="too big"))
+    metadata = {"device_kind": "NVIDIA H100", "platform": "gpu", "exp_unit_bound_gpairs": 4200.0}
+    src = tmp_path / "r.json"
+    src.write_text(json.dumps({"metadata": metadata, "records": records}))
+    assert plot.main([str(src)]) == tmp_path / "r.png"
+    assert (tmp_path / "r.png").read_bytes()[:8] == PNG_MAGIC
+    assert plot.main([str(src), "--out", str(tmp_path / "x.png")]).stat().st_size > 0
 
 
 @pytest.mark.parametrize("baseline", ["plain_jax_chunked", "ott_online"])
