@@ -1,5 +1,7 @@
 """Kernel sums: dense and blocked paths vs float64 NumPy, fp32 accuracy, gradients, memory."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -167,18 +169,34 @@ print("ok")
     assert "ok" in res.stdout
 
 
-def test_default_tiles_on_cpu_and_their_sums(rng):
-    # on CPU the default block_size means wide tiles of about rows * cols pairs for the
-    # direct-difference distance; the sums over them (several row and column blocks, both
-    # padded) equal the float64 NumPy reference
+def test_default_tiles_on_cpu(monkeypatch):
+    # on CPU the default block_size means tiles of about CPU_TILE_PAIRS pairs, CPU_TILE_COLS
+    # wide for up to CPU_UNROLL_COL_BLOCKS column blocks, wider beyond, for the
+    # direct-difference distance; 1024 x 1024 otherwise
     assert jax.default_backend() == "cpu"
-    rows, cols = ops.CPU_DIRECT_TILES
-    assert ops.default_tiles(2, 10**6, 10**6) == (rows, cols)
+    monkeypatch.setattr(ops, "CPU_TILE_PAIRS", 2**21)
+    monkeypatch.setattr(ops, "CPU_TILE_COLS", 2**14)
+    monkeypatch.setattr(ops, "CPU_UNROLL_COL_BLOCKS", 4)
+    assert ops.default_tiles(2, 10**6, 10**6) == (8, 250_000)  # 4 column blocks
+    assert ops.default_tiles(2, 10**6, 65_536) == (128, 16_384)
+    assert ops.default_tiles(3, 10**6, 2048) == (1024, 2048)
     assert ops.default_tiles(ops.DIRECT_MAX_D, 1000, 900) == (1000, 900)  # one tile
-    assert ops.default_tiles(3, 10**6, 2048) == (rows * cols // 2048, 2048)
+    assert ops.default_tiles(3, 10**6, 2**24) == (1, 2**22)
     assert ops.default_tiles(ops.DIRECT_MAX_D + 1, 10**6, 10**6) == (ops.DEFAULT_BLOCK_SIZE,) * 2
-    n, m = 2 * rows + 3, cols + 5  # 3 row blocks x 2 column blocks
-    assert ops.default_tiles(3, n, m) == (rows, cols)
+
+
+@pytest.mark.parametrize("m", [200, 517, 1100])  # column blocks: 1 (one loop), 3, 4 wide
+def test_default_tiles_sums_with_several_blocks(rng, monkeypatch, m):
+    # the sums over the default tiles (several row blocks, rows and columns padded) equal
+    # the float64 NumPy reference, forward and in reverse mode; small tile constants (read at
+    # trace time) stand for the large ones
+    monkeypatch.setattr(ops, "CPU_TILE_PAIRS", 64 * 256)
+    monkeypatch.setattr(ops, "CPU_TILE_COLS", 256)
+    monkeypatch.setattr(ops, "CPU_UNROLL_COL_BLOCKS", 4)
+    n = 150
+    bx, by = ops.default_tiles(3, n, m)
+    want_blocks = {200: (2, 1), 517: (3, 3), 1100: (3, 4)}[m]
+    assert (math.ceil(n / bx), math.ceil(m / by)) == want_blocks
     x, y = rng.normal(size=(n, 3)), rng.normal(size=(m, 3))
     w = rng.normal(size=(m,))
     k = kernels.Gaussian(1.1)
@@ -188,6 +206,10 @@ def test_default_tiles_on_cpu_and_their_sums(rng):
     want = np.einsum("ij,j,ijd->id", kxy, w, -diff) / 1.1**2
     got = ops.kernel_grad_matvec(k, x, y, w, impl="blocked")
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    # reverse mode: d/dx sum_i a_i (K w)_i = sum_j a_i w_j grad_x k(x_i, y_j)
+    a = rng.normal(size=(n,))
+    g = jax.jit(jax.grad(lambda p: a @ ops.kernel_matvec(k, p, y, w, impl="blocked")))(x)
+    np.testing.assert_allclose(g, a[:, None] * want, rtol=1e-9, atol=1e-12)
 
 
 def test_blocked_result_type_follows_the_tile_with_several_blocks():
