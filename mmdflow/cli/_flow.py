@@ -101,7 +101,7 @@ def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int, mesh=None
         if mesh is not None:
             stepper = sharding.ShardedMMDFlow(kernel, mesh, step_size=step, noise_level=noise)
         else:
-            stepper = flows.MMDFlow(kernel, step_size=step, noise_level=noise)
+            stepper = flows.MMDFlow(kernel, step_size=step, noise_level=noise, impl=args.impl)
         return stepper, {
             "step_size": step,
             "step_size_rule": rule,
@@ -144,6 +144,11 @@ def _cmd_flow(args) -> int:
         raise CLIError(f"--noise applies only to --method mmd (got --method {args.method})")
     if args.devices is not None and args.method == "neural-sobolev":
         raise CLIError("--devices applies only to --method sobolev and mmd (got neural-sobolev)")
+    if args.devices is not None and args.impl != "auto":
+        raise CLIError(
+            f"--impl {args.impl} applies without --devices (the sharded flows use their own "
+            "blocked kernel sums)"
+        )
     x0 = _load_points("--source", args.source, args.n, args.seed)
     y = _load_points("--target", args.target, args.n, args.seed + 1)
     if x0.shape[1] != y.shape[1]:
@@ -154,8 +159,9 @@ def _cmd_flow(args) -> int:
     n, d = x0.shape
 
     import jax
+    import jax.numpy as jnp
 
-    from mmdflow import __version__, flows, plots
+    from mmdflow import __version__, flows, ops, plots
 
     if args.bandwidth is not None:
         bw, bw_rule = args.bandwidth, "user"
@@ -185,6 +191,8 @@ def _cmd_flow(args) -> int:
         "kernel": kernel_info,
         **method_settings,
         "mmd_kernel": "the flow kernel (biased V-statistic MMD^2)",
+        "impl": args.impl,
+        "impl_resolved": ops.resolve_impl(args.impl, n, int(y.shape[0]), kernel, jnp.float32),
         "mmdflow_version": __version__,
         "jax_version": jax.__version__,
         "device": str(jax.devices()[0]),
@@ -209,6 +217,7 @@ def _cmd_flow(args) -> int:
                 key=jax.random.key(args.seed),
                 record_every=record_every,
                 record_trajectory=True,
+                impl=args.impl,
                 callback=bar.update,  # also checks for a pending interrupt
             )
         finally:

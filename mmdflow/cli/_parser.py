@@ -131,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
         "sobolev and mmd only; default: no sharding, one device)",
     )
     f.add_argument(
+        "--impl",
+        choices=("auto", "dense", "blocked", "pallas"),
+        default="auto",
+        help="kernel sums of the mmd flow and of the recorded MMD^2 (see mmdflow.ops): "
+        "'pallas' runs the fused GPU kernels (Pallas interpret mode off a GPU: exact but "
+        "slow); default auto (blocked)",
+    )
+    f.add_argument(
         "--noise",
         type=_nonneg_float,
         default=0.0,
