@@ -89,6 +89,19 @@ def check_block_size(block_size) -> tuple[int, int]:
     return bs
 
 
+def check_int(owner: str | None, name: str, v, *, minimum: int = 1, allow_none: bool = False):
+    """A Python int ``>= minimum`` (``None`` too with ``allow_none``), else a ValueError.
+
+    ``owner`` (a class or function name, or None) prefixes the message; bools are refused.
+    """
+    if v is None and allow_none:
+        return
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
+        what = "None or an int" if allow_none else "an int"
+        prefix = f"{owner}: " if owner else ""
+        raise ValueError(f"{prefix}`{name}` must be {what} >= {minimum}; got {v!r}.")
+
+
 def is_concrete(v) -> bool:
     return not isinstance(v, jax.core.Tracer)
 

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mmdflow._checks import check_points
+from mmdflow._checks import check_int, check_points
 from mmdflow.flows._state import FlowState, _check_hyper, _init_state, _kinetic, schedule_value
 from mmdflow.kernels import Gaussian, Kernel
 from mmdflow.mmd import _weights
@@ -124,8 +124,7 @@ def mlp_critic(
       >>> f(jnp.zeros((5, 3), jnp.float32)).shape
       (5,)
     """
-    if not isinstance(d, numbers.Integral) or d < 1:
-        raise ValueError(f"mlp_critic: `d` must be a positive int; got {d!r}.")
+    check_int("mlp_critic", "d", d)
     hidden = tuple(hidden)
     if not hidden or any(not isinstance(h, numbers.Integral) or h < 1 for h in hidden):
         raise ValueError(f"mlp_critic: `hidden` must be non-empty positive ints; got {hidden!r}.")
@@ -148,14 +147,6 @@ class CriticState(NamedTuple):
     rest: Any
     opt_state: Any
     lagrange: jax.Array
-
-
-def _check_int(cls, name, v, minimum=1, allow_none=False):
-    if v is None and allow_none:
-        return
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
-        what = "None or an int" if allow_none else "an int"
-        raise ValueError(f"{cls}: `{name}` must be {what} >= {minimum}; got {v!r}.")
 
 
 def _subsample(key, pts, w, size):
@@ -238,10 +229,10 @@ class NeuralSobolevDescent:
             )
         if not (hasattr(self.optimizer, "init") and hasattr(self.optimizer, "update")):
             raise ValueError(f"{cls}: `optimizer` must be an optax GradientTransformation.")
-        _check_int(cls, "critic_steps", self.critic_steps)
-        _check_int(cls, "startup_critic_steps", self.startup_critic_steps, allow_none=True)
-        _check_int(cls, "target_batch", self.target_batch, allow_none=True)
-        _check_int(cls, "particle_batch", self.particle_batch, allow_none=True)
+        check_int(cls, "critic_steps", self.critic_steps)
+        check_int(cls, "startup_critic_steps", self.startup_critic_steps, allow_none=True)
+        check_int(cls, "target_batch", self.target_batch, allow_none=True)
+        check_int(cls, "particle_batch", self.particle_batch, allow_none=True)
         _check_hyper(cls, "step_size", self.step_size)
         _check_hyper(cls, "rho", self.rho, allow_zero=True)
         _check_hyper(cls, "init_lagrange", self.init_lagrange, allow_zero=True)

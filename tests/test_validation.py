@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 import mmdflow
-from mmdflow import kernels, ops
+from mmdflow import flows, kernels, ops
 
 K = kernels.Gaussian(1.0)
 X = np.zeros((5, 2), np.float32)
 Y = np.ones((6, 2), np.float32)
+KEY = jax.random.key(0)
 
 
 @pytest.mark.parametrize(
@@ -37,6 +38,22 @@ Y = np.ones((6, 2), np.float32)
         (lambda: ops.kernel_grad_matvec(K, X, Y, np.ones((6, 2, 2))), r"`w`"),
         (lambda: ops.gram(K, X, np.zeros((3, 1))), r"`y`.*d=1"),
         (lambda: mmdflow.median_bandwidth(X[:1]), r"at least 2"),
+        (
+            lambda: flows.KernelSobolevDescent(K, num_features=0),
+            r"KernelSobolevDescent: `num_features` must be None or an int >= 1; got 0",
+        ),
+        (
+            lambda: flows.KernelSobolevDescent(K, cg_maxiter=True),
+            r"`cg_maxiter` must be an int >= 1; got True",
+        ),
+        (
+            lambda: flows.run(flows.MMDFlow(K), X, Y, num_steps=2.0, key=KEY),
+            r"`num_steps` must be an int >= 0; got 2.0",
+        ),
+        (
+            lambda: flows.run(flows.MMDFlow(K), X, Y, num_steps=2, key=KEY, record_every=0),
+            r"`record_every` must be an int >= 1; got 0",
+        ),
     ],
 )
 def test_bad_input_raises_value_error(call, match):

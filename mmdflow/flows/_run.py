@@ -9,7 +9,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from mmdflow._checks import check_points
+from mmdflow._checks import check_int, check_points
 from mmdflow.flows._state import FlowState
 from mmdflow.kernels import Kernel
 from mmdflow.mmd import mmd2
@@ -70,10 +70,8 @@ def run(
       ``mmd2``, ``kinetic``, ``critic``, ``wall_time`` (seconds since start,
       compile time included in the first chunk), and ``trajectory`` if requested.
     """
-    if not isinstance(num_steps, int) or num_steps < 0:
-        raise ValueError(f"`num_steps` must be a non-negative int; got {num_steps!r}.")
-    if not isinstance(record_every, int) or record_every < 1:
-        raise ValueError(f"`record_every` must be a positive int; got {record_every!r}.")
+    check_int(None, "num_steps", num_steps, minimum=0)
+    check_int(None, "record_every", record_every)
     state = stepper.init(x0, key, wx)
     y = check_points("y", y, d=state.x.shape[1], other="x0")
     kmmd = mmd_kernel if mmd_kernel is not None else stepper.kernel

@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mmdflow._checks import check_points
+from mmdflow._checks import check_int, check_points
 from mmdflow.features import RFF
 from mmdflow.flows._state import (
     FlowState,
@@ -95,23 +95,14 @@ class KernelSobolevDescent:
         check_kernel(self.kernel)
         _check_hyper("KernelSobolevDescent", "step_size", self.step_size)
         _check_hyper("KernelSobolevDescent", "reg", self.reg)
-        if self.num_features is not None and (
-            not isinstance(self.num_features, int) or self.num_features < 1
-        ):
-            raise ValueError(
-                f"KernelSobolevDescent: `num_features` must be None or a positive int; "
-                f"got {self.num_features!r}."
-            )
+        check_int("KernelSobolevDescent", "num_features", self.num_features, allow_none=True)
         if self.resample_features and self.num_features is None:
             raise ValueError(
                 "KernelSobolevDescent: `resample_features=True` needs `num_features` "
                 "(random features to redraw); got num_features=None."
             )
         _check_hyper("KernelSobolevDescent", "cg_tol", self.cg_tol)
-        if not isinstance(self.cg_maxiter, int) or self.cg_maxiter < 1:
-            raise ValueError(
-                f"KernelSobolevDescent: `cg_maxiter` must be a positive int; got {self.cg_maxiter!r}."
-            )
+        check_int("KernelSobolevDescent", "cg_maxiter", self.cg_maxiter)
 
     def init(self, x0: jax.Array, key: jax.Array, wx: jax.Array | None = None) -> FlowState:
         x0 = check_points("x0", x0)
