@@ -205,7 +205,7 @@ def _blocked_reduce(tile, x, y, w, block_size, tail):
     are dropped.
     """
     n, d = x.shape
-    m, kk = w.shape
+    m = w.shape[0]
     bx, by = check_block_size(block_size)
     if _is_default_block(block_size):
         bx, by = default_tiles(d, n, m)
@@ -219,12 +219,25 @@ def _blocked_reduce(tile, x, y, w, block_size, tail):
     if nby == 1:
         # one column block: a single loop
         row_block = jax.checkpoint(lambda xb: tile(xb, y, w))
-        return lax.map(row_block, xp).reshape(nbx * bx, *tail)[:n]
+    else:
+        row_block = _column_loop(tile, x.dtype, y, w, bx, by, tail)
+    return lax.map(row_block, xp).reshape(nbx * bx, *tail)[:n]
+
+
+def _column_loop(tile, dtype, y, w, bx, by, tail):
+    """``xb [bx, d] -> sum over column blocks of tile(xb, y_block, w_block)``, checkpointed.
+
+    A ``lax.scan`` over ``ceil(m / by)`` column blocks (padded columns: zero weight, a
+    replicated real point), unrolled on CPU up to ``CPU_UNROLL_COL_BLOCKS`` blocks.
+    """
+    m, d = y.shape
+    kk = w.shape[1]
+    nby = math.ceil(m / by)
     yp = jnp.pad(y, ((0, nby * by - m), (0, 0)), mode="edge").reshape(nby, by, d)
     wp = jnp.pad(w, ((0, nby * by - m), (0, 0))).reshape(nby, by, kk)
     # the tile's own result type (e.g. float64 kernel parameters with float32 points under
     # x64), as the single-tile and dense paths return it
-    out_dtype = jax.eval_shape(tile, xp[0], yp[0], wp[0]).dtype
+    out_dtype = jax.eval_shape(tile, jax.ShapeDtypeStruct((bx, d), dtype), yp[0], wp[0]).dtype
     unroll = nby <= CPU_UNROLL_COL_BLOCKS and jax.default_backend() == "cpu"
 
     @jax.checkpoint
@@ -240,8 +253,7 @@ def _blocked_reduce(tile, x, y, w, block_size, tail):
         acc, _ = lax.scan(body, acc0, (yp, wp), unroll=unroll)
         return acc
 
-    out = lax.map(row_block, xp)
-    return out.reshape(nbx * bx, *tail)[:n]
+    return row_block
 
 
 def _centre(k, x, y):

@@ -159,7 +159,6 @@ def _cmd_flow(args) -> int:
     n, d = x0.shape
 
     import jax
-    import jax.numpy as jnp
 
     from mmdflow import __version__, flows, ops, plots
 
@@ -192,7 +191,7 @@ def _cmd_flow(args) -> int:
         **method_settings,
         "mmd_kernel": "the flow kernel (biased V-statistic MMD^2)",
         "impl": args.impl,
-        "impl_resolved": ops.resolve_impl(args.impl, n, int(y.shape[0]), kernel, jnp.float32),
+        "impl_resolved": ops.resolve_impl(args.impl, n, int(y.shape[0]), kernel, x0.dtype),
         "mmdflow_version": __version__,
         "jax_version": jax.__version__,
         "device": str(jax.devices()[0]),
