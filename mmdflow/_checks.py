@@ -59,6 +59,36 @@ def check_weights(name: str, w, n: int, points: str):
     return jnp.asarray(w)
 
 
+def check_probability_weights(name: str, w, points: str) -> None:
+    """Checks *concrete* relative masses ``w``: finite, ``>= 0`` and not all zero.
+
+    Traced values (inside ``jax.jit`` / ``grad`` / ``vmap``) cannot be inspected and are
+    not checked: bad traced weights give NaN (all zero) or a signed measure (negative).
+    """
+    a = concrete_array(w)
+    if a is None:
+        return
+    bad = np.flatnonzero(~np.isfinite(a).reshape(-1))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"`{name}` (weights of `{points}`) must be finite; got {a.reshape(-1)[i]} at "
+            f"flat index {i} ({bad.size} non-finite entries, shape {a.shape})."
+        )
+    neg = np.flatnonzero(a.reshape(-1) < 0)
+    if neg.size:
+        i = int(neg[0])
+        raise ValueError(
+            f"`{name}` (weights of `{points}`) must be >= 0; got {a.reshape(-1)[i]} at flat "
+            f"index {i} ({neg.size} negative entries, shape {a.shape})."
+        )
+    if not np.sum(a, dtype=np.float64) > 0:
+        raise ValueError(
+            f"`{name}` (weights of `{points}`) must not be all zero (they are normalised to "
+            f"sum to 1); got shape {a.shape}."
+        )
+
+
 def check_sum_inputs(x, y, w):
     """Validates a kernel sum's ``x [n, d]``, ``y [m, d]`` and weights ``w [m]`` / ``[m, k]``.
 

@@ -8,7 +8,10 @@ Conventions: ``x`` are the *moving* particles / model samples (law q), ``y`` the
 and particles descend MMD^2(x, y) by moving along ``+witness_grad``:
 ``d/dx_i MMD^2 = -2 wx_i * witness_grad(x_i)`` (biased estimator).
 
-Weights ``wx [n]`` / ``wy [m]`` are relative masses, normalised to sum to 1.
+Weights ``wx [n]`` / ``wy [m]`` are relative masses, normalised to sum to 1. Concrete
+weights that are negative, non-finite or all zero raise ``ValueError``; traced weights
+(arguments of a jitted function) cannot be checked: all-zero traced weights give NaN and
+negative ones a signed measure.
 Everything is differentiable in points, weights and kernel hyperparameters, and
 jit/vmap-able. NaN or inf inputs are not masked; they make the outputs NaN.
 
@@ -29,7 +32,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mmdflow._checks import check_points, check_weights
+from mmdflow._checks import check_points, check_probability_weights, check_weights
 from mmdflow.kernels import Kernel, _pytree, _Squared
 from mmdflow.ops import DEFAULT_BLOCK_SIZE, check_kernel, kernel_grad_matvec, kernel_matvec
 
@@ -46,11 +49,17 @@ def _points(x, y, min_n=1):
 
 
 def _weights(name, w, n, points, dtype):
+    """Validated probability weights ``[n]`` normalised to sum to 1 (uniform for ``None``).
+
+    Concrete weights must be finite, ``>= 0`` and not all zero (ValueError otherwise);
+    traced weights are not inspected (all-zero traced weights give NaN).
+    """
     if w is None:
         return jnp.full((n,), 1.0 / n, dtype)
     w = check_weights(name, w, n, points)
     if w.ndim != 1:
         raise ValueError(f"`{name}` must have shape [{n}]; got shape {tuple(w.shape)}.")
+    check_probability_weights(name, w, points)
     w = w.astype(dtype)
     return w / jnp.sum(w)
 

@@ -30,7 +30,9 @@ Each op has these implementations, selected by ``impl``:
   dense forward and 7-12x faster in reverse mode (``benchmarks/RESULTS.md``); the dense path is
   kept as the reference.
 
-Weights ``w`` may be ``[m]`` (a single sum) or ``[m, k]`` (k sums at once).
+Weights ``w`` may be ``[m]`` (a single sum) or ``[m, k]`` (k sums at once). They are plain
+real coefficients, not probability weights: signed, zero and unnormalised ``w`` are valid
+(the witness sums ``w = [wy, -wx]``), so they are not checked for sign or sum.
 
 NaN/inf inputs are not masked: they propagate to every output they touch.
 

@@ -67,3 +67,57 @@ def test_errors_are_raised_at_trace_time_under_jit():
         f(jnp.zeros((4, 2)), jnp.zeros((4, 3)))
     with pytest.raises(ValueError, match="at least 2"):
         f(jnp.zeros((1, 2)), jnp.zeros((4, 2)))
+
+
+# ---------------------------------------------------------------- probability weights
+_BAD_WEIGHTS = [
+    (np.array([1.0, -0.5, 1.0, 1.0, 1.0]), r"`wx` \(weights of `x`\) must be >= 0; got -0.5 at"),
+    (np.zeros(5), r"`wx` \(weights of `x`\) must not be all zero"),
+    (np.array([1.0, -1.0, 0.0, 0.0, 0.0]), r"`wx`.*must be >= 0"),  # sums to zero
+    (np.array([1.0, np.nan, 1.0, 1.0, 1.0]), r"`wx`.*must be finite; got nan"),
+]
+
+
+@pytest.mark.parametrize(("wx", "match"), _BAD_WEIGHTS)
+@pytest.mark.parametrize("fn", ["mmd2", "unbiased", "witness", "witness_grad", "exact_critic"])
+def test_bad_concrete_probability_weights_raise(fn, wx, match):
+    from mmdflow import sobolev
+
+    calls = {
+        "mmd2": lambda: mmdflow.mmd2(X, Y, K, wx=wx),
+        "unbiased": lambda: mmdflow.mmd2(X, Y, K, wx=wx, estimator="unbiased"),
+        "witness": lambda: mmdflow.witness(X, X, Y, K, wx=wx),
+        "witness_grad": lambda: mmdflow.witness_grad(X, X, Y, K, wx=wx),
+        "exact_critic": lambda: sobolev.exact_critic(K, X, Y, 0.1, wx=wx),
+    }
+    with pytest.raises(ValueError, match=match):
+        calls[fn]()
+    wy = np.concatenate([wx, [0.0]])  # the same defect in the target weights
+    with pytest.raises(ValueError, match=match.replace("wx", "wy").replace("`x`", "`y`")):
+        mmdflow.mmd2(X, Y, K, wy=wy)
+
+
+@pytest.mark.parametrize(
+    "stepper",
+    [flows.MMDFlow(K, step_size=0.1), flows.KernelSobolevDescent(K, step_size=0.1, reg=1.0)],
+)
+def test_flows_refuse_bad_weights(stepper):
+    with pytest.raises(ValueError, match=r"`wx` \(weights of `x0`\) must not be all zero"):
+        stepper.init(X, KEY, wx=np.zeros(5))
+    state = stepper.init(X, KEY)
+    with pytest.raises(ValueError, match=r"`wy` \(weights of `y`\) must be >= 0"):
+        stepper.step(state, Y, wy=-np.ones(6))
+    # flows.run jits its steps (wy traced there): it checks wy first, instead of NaN particles
+    with pytest.raises(ValueError, match=r"`wy` \(weights of `y`\) must not be all zero"):
+        flows.run(stepper, X, Y, num_steps=1, key=KEY, wy=np.zeros(6))
+
+
+def test_traced_weights_are_not_checked_and_kernel_sums_take_signed_weights():
+    # documented: inside jit the weights are tracers; all-zero weights give NaN
+    f = jax.jit(lambda wx: mmdflow.mmd2(X, Y, K, wx=wx))
+    assert np.isnan(f(jnp.zeros(5, jnp.float32)))
+    assert np.isfinite(f(jnp.ones(5, jnp.float32)))
+    # ops sums take plain coefficients: signed and zero weights are valid there
+    w = np.array([1.0, -2.0, 0.0, 0.5, 0.0, 0.0], np.float32)
+    assert np.all(np.isfinite(ops.kernel_matvec(K, X, Y, w)))
+    assert np.all(ops.kernel_matvec(K, X, Y, np.zeros(6, np.float32)) == 0)

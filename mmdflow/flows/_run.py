@@ -12,7 +12,7 @@ import numpy as np
 from mmdflow._checks import check_int, check_points
 from mmdflow.flows._state import FlowState
 from mmdflow.kernels import Kernel
-from mmdflow.mmd import mmd2
+from mmdflow.mmd import _weights, mmd2
 
 
 def _host(a):
@@ -74,6 +74,8 @@ def run(
     check_int(None, "record_every", record_every)
     state = stepper.init(x0, key, wx)
     y = check_points("y", y, d=state.x.shape[1], other="x0")
+    if wy is not None:  # checked here: inside the jitted chunks below it is traced
+        _weights("wy", wy, y.shape[0], "y", y.dtype)
     kmmd = mmd_kernel if mmd_kernel is not None else stepper.kernel
 
     # y and wy are arguments, not closed-over constants (no constant folding of the target)
