@@ -23,9 +23,9 @@ from mmdflow.cli import (
     _make_kernel,
     _median_bandwidth,
     _positive_float,
-    _staged_output,
     _write_json,
 )
+from mmdflow.cli._rundir import RunDir
 
 DEFAULT_LR = {"kernelized": 0.5, "param-sobolev": 0.5, "grad-penalty": 0.5, "mmd-gd": 5.0}
 #: solver settings of runs written before they were recorded (for --resume of such runs)
@@ -179,7 +179,8 @@ def cmd_train(args) -> int:
 
     from mmdflow import train
 
-    out = Path(args.out)
+    rundir = RunDir(args.out, "train", overwrite=args.overwrite, resume=args.resume)
+    out = rundir.path
     prev_hist = None
     if args.resume:
         if not (out / "checkpoint.npz").exists():
@@ -261,7 +262,7 @@ def cmd_train(args) -> int:
     }
     from mmdflow.plots import plot_history
 
-    with _staged_output(out, overwrite=args.overwrite or args.resume) as tmp:
+    with rundir.staged() as tmp:
         np.save(tmp / "samples.npy", samples)
         train.save_checkpoint(str(tmp / "checkpoint.npz"), state, {"steps": int(state.step)})
         _write_json(tmp / "metrics.json", metrics)
@@ -276,7 +277,7 @@ def cmd_train(args) -> int:
     print(
         f"mmdflow train: {args.direction} on {args.target}: held-out MMD^2 {first:.3e} -> "
         f"{metrics['final_eval_mmd2']:.3e} after {int(state.step)} steps; "
-        f"pictures: {out / 'samples.png'}, {out / 'mmd.png'}"
+        f"pictures: {Path(args.out) / 'samples.png'}, {Path(args.out) / 'mmd.png'}"
     )
     return 0
 

@@ -351,30 +351,21 @@ def test_interrupt_stops_at_a_safe_point_and_cleans_up(tmp_path, capsys, monkeyp
 
 def test_nonempty_out_needs_overwrite(tmp_path, capsys):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("precious")
-    rc, _, err = _run(capsys, "flow", "--n", 20, "--steps", 2, "--out", out)
-    assert rc == 2 and "--overwrite" in err
-    assert (out / "keep.txt").read_text() == "precious"
-    rc, _, err = _run(
-        capsys,
-        "flow",
-        "--n",
-        20,
-        "--steps",
-        2,
-        "--num-features",
-        16,
-        "--fixed-features",
-        "--out",
-        out,
-        "--overwrite",
-    )
+    args = ["flow", "--n", 20, "--steps", 2, "--num-features", 16, "--fixed-features"]
+    rc, _, err = _run(capsys, *args, "--out", out, "--record-every", 2)
     assert rc == 0, err
-    assert not (out / "keep.txt").exists() and (out / "particles.npy").is_file()
+    (out / "keep.txt").write_text("precious")  # a user's file in a run directory
+    rc, _, err = _run(capsys, *args, "--out", out)
+    assert rc == 2 and "--overwrite" in err
+    rc, _, err = _run(capsys, *args, "--out", out, "--overwrite")
+    assert rc == 0, err
+    assert (out / "keep.txt").read_text() == "precious"  # --overwrite replaces only own files
+    assert (out / "particles.npy").is_file()
     assert _leftovers(tmp_path) == []
-    s = _metrics(out)["settings"]
+    m = _metrics(out)
+    s = m["settings"]
     assert s["num_features"] == 16 and "drawn once" in s["features"]
+    assert s["record_every"] == 1  # the new run's metrics, not the old ones
 
 
 # --------------------------------------------------------------------------- pieces

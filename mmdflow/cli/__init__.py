@@ -19,10 +19,13 @@ features); the Sobolev ridge ``--reg`` is in units of ``1 / bandwidth^2`` and th
 MMD-flow step in units of ``bandwidth^2``, so results do not depend on the scale
 of the data.
 
-Every run writes into a temporary directory next to ``--out`` and renames it at
-the end, so ``--out`` is either complete or absent. Bad input gives a one-line
-``mmdflow: error: ...`` on stderr and exit status 2 (1 for failures during the
-run, such as a diverging flow; 130 when interrupted).
+``--out`` is a directory that mmdflow owns: it holds a marker file
+(``.mmdflow-run.json``) listing the files mmdflow wrote, and mmdflow only ever replaces
+or removes those (``--overwrite`` needs the marker; see :mod:`mmdflow.cli._rundir`).
+Every file is renamed into place once written. Bad input gives a one-line
+``mmdflow: error: ...`` on stderr and exit status 2 (1 for failures during the run,
+such as a diverging flow; 130 on Ctrl-C and 143 on SIGTERM, after keeping the last
+checkpoint).
 
 Example:
     $ mmdflow flow --out runs/demo                       # gaussian -> 8gaussians
@@ -34,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -54,7 +58,6 @@ from mmdflow.cli._common import (  # noqa: F401 - train_cli and tests use these
     _int_at_least,
     _nonneg_float,
     _positive_float,
-    _staged_output,
     _write_json,
 )
 from mmdflow.cli._inputs import (  # noqa: F401
@@ -64,6 +67,7 @@ from mmdflow.cli._inputs import (  # noqa: F401
     resolve_num_features,
 )
 from mmdflow.cli._parser import build_parser
+from mmdflow.cli._rundir import MARKER, RunDir  # noqa: F401
 
 __all__ = [
     "CLIError",
@@ -85,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns:
         Exit status: 0 on success, 2 for bad input (one-line message on stderr),
-        1 for failures during the run, 130 when interrupted.
+        1 for failures during the run, 130 on Ctrl-C (SIGINT), 143 on SIGTERM.
     """
     # XLA logs "constant folding is taking > 1s" at ERROR level when a jitted function
     # closes over large arrays (the flow drivers close over the target samples): pure
@@ -102,8 +106,17 @@ def main(argv: list[str] | None = None) -> int:
         _error(str(e))
         return e.code
     except KeyboardInterrupt:
-        print("\nmmdflow: interrupted", file=sys.stderr)
-        return 130
+        import signal
+
+        code = _SIGNALS.exit_code
+        name = signal.Signals(code - 128).name
+        print(f"\nmmdflow: interrupted ({name})", file=sys.stderr)
+        return code
+    except BrokenPipeError:  # stdout closed early (`mmdflow ... | head`): not an error of ours
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 141  # 128 + SIGPIPE, as a shell reports a process killed by a broken pipe
     except Exception as e:  # one line for the user; MMDFLOW_DEBUG=1 for the traceback
         if os.environ.get(_ENV_DEBUG):
             raise

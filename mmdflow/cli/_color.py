@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from mmdflow.cli._common import (
     CLIError,
     ProgressBar,
-    _check_out,
     _one_line,
-    _staged_output,
     _write_json,
 )
 from mmdflow.cli._inputs import (
@@ -26,6 +25,7 @@ from mmdflow.cli._inputs import (
     _timings,
     resolve_num_features,
 )
+from mmdflow.cli._rundir import RunDir
 
 
 def _load_image(option: str, spec: str) -> np.ndarray:
@@ -91,7 +91,8 @@ def _color_transfer_chunk_fn(stepper, y, exact: bool):
 
 def _cmd_color_transfer(args) -> int:
     t_cmd = time.perf_counter()
-    out = _check_out(args.out, args.overwrite)
+    rundir = RunDir(args.out, "color-transfer", overwrite=args.overwrite)
+    out = Path(args.out)  # as given, for messages
     src_full = _load_image("--source", args.source)
     tgt_full = _load_image("--target", args.target)
 
@@ -164,7 +165,7 @@ def _cmd_color_transfer(args) -> int:
     t_setup = time.perf_counter() - t_cmd
 
     bar = ProgressBar(args.steps, label="color-transfer", enabled=None if not args.quiet else False)
-    with _staged_output(out, args.overwrite) as tmp:
+    with rundir.staged() as tmp:
         bar.start()
         y = jnp.asarray(ys)
         state = stepper.init(jnp.asarray(xs), jax.random.key(args.seed))

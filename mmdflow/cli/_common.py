@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,110 +136,122 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
-def _check_out(out: str, overwrite: bool) -> Path:
-    """Checks ``--out`` before any work is done."""
-    p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise CLIError(f"--out {str(p)!r} exists and is not a directory")
-    if p.is_dir() and any(p.iterdir()) and not overwrite:
-        raise CLIError(f"--out {str(p)!r} exists and is not empty; pass --overwrite to replace it")
-    return p
-
-
-@contextlib.contextmanager
-def _staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
-    """Yields a temporary directory next to ``out``; renames it to ``out`` on success.
-
-    On any exception the temporary directory (and any parent directories created
-    for it) is removed and ``out`` is left as it was. With ``overwrite`` an existing
-    ``out`` is moved aside, replaced, and deleted only once the rename succeeded.
-    """
-    _check_out(str(out), overwrite)
-    out = Path(out).absolute()
-    if not out.name:
-        raise CLIError(f"--out {str(out)!r} is not a usable directory name")
-    parent = out.parent
-    created = []
-    p = parent
-    while not p.exists():
-        created.append(p)
-        p = p.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-
-    def discard():
-        shutil.rmtree(tmp, ignore_errors=True)
-        for q in created:  # deepest first
-            with contextlib.suppress(OSError):
-                q.rmdir()
-
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700)
-        yield tmp
-        _SIGNALS.check()  # a deferred Ctrl-C discards the staged outputs
-        _check_out(str(out), overwrite)  # it may have appeared meanwhile
-    except BaseException:
-        discard()
-        raise
-    if not out.exists():
-        try:
-            tmp.rename(out)
-        except BaseException:
-            discard()
-            raise
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-    old.rmdir()
-    out.rename(old)
-    try:
-        tmp.rename(out)
-    except BaseException:
-        old.rename(out)
-        discard()
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 class _DeferredSignals:
     """SIGINT/SIGTERM handling that stops at safe points.
 
     An asynchronous ``KeyboardInterrupt`` can land inside JAX's dispatch machinery
     and crash the interpreter at exit. Instead, the first signal is only recorded
-    and :meth:`check` (called between compiled chunks and before the output
-    directory is committed) raises ``KeyboardInterrupt``; a second signal raises at
-    once. Either way the staged output directory is removed.
+    and :meth:`check` (called between compiled chunks and before outputs are
+    committed) raises ``KeyboardInterrupt``; the command then keeps its last
+    checkpoint and exits with ``128 + signal`` (130 for Ctrl-C, 143 for SIGTERM).
+
+    While the main thread is inside a compiled computation Python cannot run signal
+    handlers, so a watcher thread reads the signals from a wakeup file descriptor:
+    if no safe point is reached within :attr:`patience` seconds it says so on stderr,
+    and a second signal ends the process at once (``os._exit``; every file mmdflow
+    writes is renamed into place, so the last checkpoint stays intact).
     """
+
+    #: seconds before the watcher says that a compiled step is still running
+    patience: float = 2.0
 
     def __init__(self):
         self.pending: int | None = None
+        self.raised = False
 
     def _handler(self, signum, frame):
         if self.pending is not None:
+            self.raised = True
             raise KeyboardInterrupt
         self.pending = signum
+
+    @property
+    def exit_code(self) -> int:
+        """``128 + signal`` of the pending signal (130 when none is recorded)."""
+        return 128 + (self.pending or 2)
 
     def check(self) -> None:
         """Raises ``KeyboardInterrupt`` if a signal arrived."""
         if self.pending is not None:
+            self.raised = True
             raise KeyboardInterrupt
 
-    def install(self) -> Callable[[], None]:
-        """Installs the handlers; returns a function restoring the previous ones."""
+    def _watch(self, fd: int, stop) -> None:
+        import select
         import signal
+        import threading
+
+        seen = 0
+        timer = None
+        while not stop.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if not ready:
+                continue
+            try:
+                data = os.read(fd, 64)
+            except OSError:
+                return
+            for signum in data:
+                if signum not in (signal.SIGINT, signal.SIGTERM):
+                    continue
+                seen += 1
+                if seen == 1:
+                    timer = threading.Timer(self.patience, self._still_running)
+                    timer.daemon = True
+                    timer.start()
+                elif not self.raised:  # the main thread is stuck in a compiled computation
+                    sys.stderr.write("\nmmdflow: aborted (second signal)\n")
+                    sys.stderr.flush()
+                    os._exit(128 + signum)
+        if timer is not None:
+            timer.cancel()
+
+    def _still_running(self) -> None:
+        if not self.raised:
+            sys.stderr.write(
+                "\nmmdflow: stopping when the current compiled step ends (it can take a while); "
+                "signal again to abort at once, keeping the last checkpoint\n"
+            )
+            sys.stderr.flush()
+
+    def install(self) -> Callable[[], None]:
+        """Installs the handlers and the watcher; returns a function restoring the previous state."""
+        import signal
+        import threading
 
         self.pending = None
+        self.raised = False
         previous = {}
         try:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, self._handler)
         except (ValueError, AttributeError):  # not the main thread
             pass
+        watcher = None
+        if previous:
+            r, w = os.pipe()
+            os.set_blocking(w, False)
+            try:
+                old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+            except ValueError:
+                os.close(r)
+                os.close(w)
+            else:
+                stop = threading.Event()
+                thread = threading.Thread(target=self._watch, args=(r, stop), daemon=True)
+                thread.start()
+                watcher = (r, w, old_fd, stop, thread)
 
         def restore():
             for sig, h in previous.items():
                 signal.signal(sig, h)
+            if watcher is not None:
+                r, w, old_fd, stop, thread = watcher
+                signal.set_wakeup_fd(old_fd)
+                stop.set()
+                thread.join(timeout=1.0)
+                os.close(r)
+                os.close(w)
 
         return restore
 

@@ -14,8 +14,6 @@ from mmdflow.cli._common import (
     SOBOLEV_STEP_SIZE,
     CLIError,
     ProgressBar,
-    _check_out,
-    _staged_output,
     _write_json,
 )
 from mmdflow.cli._inputs import (
@@ -29,6 +27,7 @@ from mmdflow.cli._inputs import (
     _timings,
     resolve_num_features,
 )
+from mmdflow.cli._rundir import RunDir
 
 
 def _make_mesh(num: int):
@@ -133,7 +132,8 @@ def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int, mesh=None
 
 def _cmd_flow(args) -> int:
     t_cmd = time.perf_counter()
-    out = _check_out(args.out, args.overwrite)
+    rundir = RunDir(args.out, "flow", overwrite=args.overwrite)
+    out = Path(args.out)  # as given, for messages
     if args.reg is not None and args.method != "sobolev":
         raise CLIError(f"--reg applies only to --method sobolev (got --method {args.method})")
     if args.fixed_features and args.method != "sobolev":
@@ -205,7 +205,7 @@ def _cmd_flow(args) -> int:
 
     label = f"{args.method} {Path(str(args.source)).name}->{Path(str(args.target)).name}"
     bar = ProgressBar(args.steps, label=label, enabled=None if not args.quiet else False)
-    with _staged_output(out, args.overwrite) as tmp:
+    with rundir.staged() as tmp:
         bar.start()
         try:
             state, hist = flows.run(
