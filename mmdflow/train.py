@@ -23,8 +23,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -35,6 +33,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from mmdflow import _checkpoint
 from mmdflow._checks import check_points
 from mmdflow.kernelized import DIRECTIONS, SOLVERS, direction
 from mmdflow.kernels import Kernel
@@ -296,27 +295,11 @@ def mode_coverage(samples, centers, std: float, *, radius: float = 3.0, min_coun
 
 def save_checkpoint(path: str, state: TrainState, meta: dict | None = None) -> None:
     """Writes ``state`` (all leaves, including the PRNG key) atomically to ``path`` (.npz)."""
-    leaves = jax.tree.leaves(state._replace(key=jax.random.key_data(state.key)))
-    arrays = {f"leaf_{i}": np.asarray(v) for i, v in enumerate(leaves)}
-    arrays["meta"] = np.asarray(json.dumps(meta or {}))
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    _checkpoint.save(path, state, meta)
 
 
 def load_checkpoint(path: str, like: TrainState) -> tuple[TrainState, dict]:
     """Restores a :func:`save_checkpoint` file into the structure of ``like``."""
-    with np.load(path) as f:
-        template = like._replace(key=jax.random.key_data(like.key))
-        leaves, treedef = jax.tree.flatten(template)
-        n = sum(1 for k in f.files if k.startswith("leaf_"))
-        if n != len(leaves):
-            raise ValueError(
-                f"checkpoint {path!r} has {n} arrays but the model/optimizer expects {len(leaves)}."
-            )
-        new = [
-            jnp.asarray(f[f"leaf_{i}"], dtype=jnp.asarray(t).dtype) for i, t in enumerate(leaves)
-        ]
-        meta = json.loads(str(f["meta"]))
-    state = jax.tree.unflatten(treedef, new)
-    return state._replace(key=jax.random.wrap_key_data(state.key)), meta
+    state, meta = _checkpoint.load(path, like)
+    meta.pop("extra", None)
+    return state, meta

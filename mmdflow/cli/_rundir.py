@@ -297,3 +297,48 @@ def _atomic_write(path: Path, writer: Callable[[Path], None]) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+class Checkpoints:
+    """Periodic checkpoints of a run, and one more when a Ctrl-C / SIGTERM is pending.
+
+    Call it after every compiled chunk with the step reached and a function that writes
+    the checkpoint to a given path; it writes when ``every`` steps have passed since
+    the last one (or a signal is pending), records the step in the marker, and then
+    raises ``KeyboardInterrupt`` if a signal is pending (:class:`_DeferredSignals`).
+
+    Args:
+        rundir: The run's directory.
+        every: Steps between checkpoints (``0``: only on a signal and when called with
+            ``force=True``).
+        name: The checkpoint's file name.
+    """
+
+    def __init__(self, rundir: RunDir, every: int, name: str = "checkpoint.npz"):
+        self.rundir = rundir
+        self.every = int(every)
+        self.name = name
+        self.last_step: int | None = None
+
+    def __call__(
+        self, step: int, write: Callable[[Path], None], *, force: bool = False, status=None
+    ) -> None:
+        """Writes a checkpoint at ``step`` if due; then honours a pending signal."""
+        pending = _SIGNALS.pending is not None
+        due = self.every > 0 and (step - (self.last_step or 0)) >= self.every
+        if (force or pending or due) and step != self.last_step:
+            self.rundir.write(self.name, write)
+            self.last_step = step
+            if status is None:
+                status = "interrupted" if pending else "running"
+            self.rundir.set_status(status, checkpoint_step=step)
+        _SIGNALS.check()
+
+    def note(self) -> str:
+        """For messages: where the last checkpoint is and how to continue, or ``""``."""
+        if self.last_step is None:
+            return ""
+        return (
+            f"; the checkpoint of step {self.last_step} is in {self.rundir.text!r}: "
+            "continue with --resume"
+        )
