@@ -93,7 +93,11 @@ def add_parser(sub) -> None:
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--out", required=True, metavar="DIR", help="output directory")
     t.add_argument("--resume", action="store_true", help="continue the run in DIR up to --steps")
-    t.add_argument("--overwrite", action="store_true", help="replace a non-empty DIR")
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier mmdflow run in DIR (only the files mmdflow wrote there)",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 

@@ -47,7 +47,9 @@ def _add_common(
     p.add_argument("--record-every", type=_int_at_least(1), default=None, help=record_help)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument(
-        "--overwrite", action="store_true", help="replace DIR if it exists and is not empty"
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier mmdflow run in DIR (only the files mmdflow wrote there)",
     )
     p.add_argument(
         "--quiet", action="store_true", help="no progress bar (it is also off when not a TTY)"
