@@ -152,7 +152,41 @@ def concrete_array(v):
     return a
 
 
+def check_real(cls: str, name: str, v) -> None:
+    """A real number (or nested tuple / array of them), concrete or traced, else a ValueError.
+
+    Refuses ``None``, strings, bools, complex numbers and other non-numeric objects. For
+    tracers only the dtype is checked (values cannot be inspected under ``jax.jit``).
+    """
+    leaves = jax.tree_util.tree_leaves(v)
+    bad = v is None or not leaves
+    for leaf in leaves:
+        if bad:
+            break
+        if isinstance(leaf, str | bytes) or isinstance(leaf, bool):
+            bad = True
+            continue
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None:
+            try:
+                dtype = np.asarray(leaf).dtype
+            except Exception:  # noqa: BLE001 - anything numpy cannot read is not a number
+                bad = True
+                continue
+        dtype = np.dtype(dtype)
+        bad = dtype == np.bool_ or not (
+            jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+        )
+    if bad:
+        raise ValueError(
+            f"{cls}: `{name}` must be a real number (int or float, or an array of them); "
+            f"got {v!r} of type {type(v).__name__}."
+        )
+
+
 def check_positive(cls: str, name: str, v):
+    """A finite real number ``> 0`` (or array of them); tracers: dtype only (see check_real)."""
+    check_real(cls, name, v)
     a = concrete_array(v)
     if a is None:
         return

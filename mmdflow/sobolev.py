@@ -54,8 +54,11 @@ __all__ = [
     "exact_critic",
     "CHOLESKY_MAX_SIZE",
     "RFF_BLOCK_ROWS",
+    "SOLVERS",
 ]
 
+#: linear solvers of :func:`exact_critic` (``"auto"``: Cholesky up to ``CHOLESKY_MAX_SIZE``)
+SOLVERS = ("auto", "cholesky", "cg")
 #: exact critics with n*d above this use matrix-free CG instead of Cholesky
 CHOLESKY_MAX_SIZE = 4096
 #: rows per block of the random-feature sums over points: at most ``[RFF_BLOCK_ROWS, m]``
@@ -285,8 +288,8 @@ def exact_critic(
       An :class:`ExactCritic`.
     """
     check_kernel(k)
-    if solver not in ("auto", "cholesky", "cg"):
-        raise ValueError(f"`solver` must be 'auto', 'cholesky' or 'cg'; got {solver!r}.")
+    if solver not in SOLVERS:
+        raise ValueError(f"`solver` must be one of {SOLVERS}; got {solver!r}.")
     x, y, a, b = _inputs(x, y, wx, wy)
     n, d = x.shape
     if mmd2 is not None:

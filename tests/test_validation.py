@@ -121,3 +121,74 @@ def test_traced_weights_are_not_checked_and_kernel_sums_take_signed_weights():
     w = np.array([1.0, -2.0, 0.0, 0.5, 0.0, 0.0], np.float32)
     assert np.all(np.isfinite(ops.kernel_matvec(K, X, Y, w)))
     assert np.all(ops.kernel_matvec(K, X, Y, np.zeros(6, np.float32)) == 0)
+
+
+# ---------------------------------------------------------------- constructors
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: kernels.Gaussian("1.0"), r"Gaussian: `bandwidth` must be a real number.*'1.0'"),
+        (lambda: kernels.Gaussian(1j), r"Gaussian: `bandwidth` must be a real number.*1j"),
+        (lambda: kernels.Gaussian(True), r"Gaussian: `bandwidth` must be a real number.*True"),
+        (lambda: kernels.Gaussian(None), r"Gaussian: `bandwidth` must be a real number.*None"),
+        (lambda: kernels.Gaussian(jnp.ones((), jnp.complex64)), r"`bandwidth` must be a real"),
+        (lambda: kernels.Laplace(object()), r"Laplace: `bandwidth` must be a real number"),
+        (lambda: kernels.MixtureRBF(("1", 2.0)), r"MixtureRBF: `bandwidths` must be a real"),
+        (lambda: kernels.MixtureRBF((1.0, 2.0), ("a", 1)), r"MixtureRBF: `weights` must be a real"),
+        (lambda: kernels.IMQ(1.0, beta="-0.5"), r"IMQ: `beta` must be a real number"),
+        (lambda: kernels.IMQ(1.0, beta=-0.5j), r"IMQ: `beta` must be a real number"),
+        (lambda: kernels.RationalQuadratic(1.0, alpha="2"), r"`alpha` must be a real number"),
+        (lambda: kernels.Polynomial(degree=True), r"Polynomial: `degree` must be a positive int"),
+        (lambda: kernels.Polynomial(offset="1"), r"Polynomial: `offset` must be a real number"),
+        (lambda: kernels.Polynomial(scale=1j), r"Polynomial: `scale` must be a real number"),
+        (lambda: kernels.Scaled(-1.0, K), r"Scaled: `kernel` must be a Kernel.*float"),
+        (lambda: kernels.Scaled(K, -1.0), r"Scaled: `scale` must be finite and > 0; got -1.0"),
+        (lambda: -2.0 * K, r"Scaled: `scale` must be finite and > 0; got -2.0"),
+        (lambda: kernels.Scaled(K, "2"), r"Scaled: `scale` must be a real number"),
+        (lambda: flows.MMDFlow(K, impl="foo"), r"MMDFlow: `impl` must be one of .*'foo'"),
+        (lambda: flows.MMDFlow(K, block_size=0), r"`block_size` must be positive"),
+        (lambda: flows.MMDFlow(K, step_size="0.1"), r"MMDFlow: `step_size` must be a real"),
+        (lambda: flows.MMDFlow(K, noise_level=1j), r"MMDFlow: `noise_level` must be a real"),
+        (
+            lambda: flows.KernelSobolevDescent(K, solver="foo"),
+            r"KernelSobolevDescent: `solver` must be one of \('auto', 'cholesky', 'cg'\); got 'foo'",
+        ),
+        (lambda: flows.KernelSobolevDescent(K, reg="0.1"), r"`reg` must be a real number"),
+        (lambda: flows.KernelSobolevDescent(K, normalize="yes"), r"`normalize` must be a bool"),
+        (
+            lambda: mmdflow.sobolev.exact_critic(K, X, Y, 0.1, solver="foo"),
+            r"`solver` must be one of",
+        ),
+    ],
+)
+def test_constructors_refuse_what_would_fail_later(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_kernels_stay_pytrees_with_tracer_and_sentinel_leaves():
+    ks = [
+        kernels.Gaussian(1.5),
+        kernels.MixtureRBF((0.5, 2.0), (1.0, 0.5)),
+        kernels.IMQ(1.2, -0.7),
+        kernels.Polynomial(2, 0.5, 1.0),
+        kernels.Scaled(kernels.Laplace(0.8), 2.0),
+        kernels.Gaussian(1.0) + kernels.Energy(),
+    ]
+    for k in ks:
+        treedef = jax.tree.structure(k)
+        n = treedef.num_leaves
+        # unflatten does not re-run the constructor checks on JAX's sentinels / None leaves
+        assert type(jax.tree.unflatten(treedef, [object()] * n)) is type(k)
+        assert type(jax.tree.map(lambda _: None, k)) is type(k)
+        doubled = jax.tree.map(lambda v: 2 * jnp.asarray(v), k)
+        assert jax.tree.structure(doubled) == treedef
+        # through jit as an argument, and constructed inside jit from traced values
+        want = mmdflow.mmd2(X, Y, k)
+        np.testing.assert_allclose(jax.jit(lambda kk: mmdflow.mmd2(X, Y, kk))(k), want, rtol=1e-6)
+        rebuilt = jax.jit(
+            lambda leaves, td=treedef: mmdflow.mmd2(X, Y, jax.tree.unflatten(td, leaves))
+        )
+        np.testing.assert_allclose(rebuilt(jax.tree.leaves(k)), want, rtol=1e-6)
+    g = jax.jit(jax.grad(lambda bw: mmdflow.mmd2(X, Y, kernels.Gaussian(bw))))(1.0)
+    assert np.isfinite(g)

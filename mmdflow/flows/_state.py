@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmdflow._checks import check_points, concrete_array
+from mmdflow._checks import check_points, check_real, concrete_array
 from mmdflow.mmd import _weights
 
 
@@ -38,6 +38,7 @@ def schedule_value(v, count):
 def _check_hyper(cls, name, v, allow_zero=False):
     if callable(v):
         return
+    check_real(cls, name, v)
     a = concrete_array(v)
     if a is None:
         return

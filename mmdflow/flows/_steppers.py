@@ -7,8 +7,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from mmdflow._checks import check_int, check_points
+from mmdflow._checks import check_block_size, check_int, check_points
 from mmdflow.features import RFF
 from mmdflow.flows._state import (
     FlowState,
@@ -20,8 +21,8 @@ from mmdflow.flows._state import (
 )
 from mmdflow.kernels import Kernel, _pytree
 from mmdflow.mmd import _weights, witness_grad
-from mmdflow.ops import check_kernel
-from mmdflow.sobolev import exact_critic, rff_embedding, rff_solve
+from mmdflow.ops import IMPLS, check_kernel
+from mmdflow.sobolev import SOLVERS, exact_critic, rff_embedding, rff_solve
 
 
 @_pytree(data=("rff", "mu_p", "has_mu_p"))
@@ -37,6 +38,11 @@ class RFFState:
     rff: RFF
     mu_p: jax.Array
     has_mu_p: jax.Array
+
+
+def _check_bool(cls, name, v):
+    if not isinstance(v, bool | np.bool_):
+        raise ValueError(f"{cls}: `{name}` must be a bool; got {v!r}.")
 
 
 def _rff_critic(rff, x, a, mu_p, reg):
@@ -103,6 +109,12 @@ class KernelSobolevDescent:
             )
         _check_hyper("KernelSobolevDescent", "cg_tol", self.cg_tol)
         check_int("KernelSobolevDescent", "cg_maxiter", self.cg_maxiter)
+        if self.solver not in SOLVERS:
+            raise ValueError(
+                f"KernelSobolevDescent: `solver` must be one of {SOLVERS}; got {self.solver!r}."
+            )
+        _check_bool("KernelSobolevDescent", "normalize", self.normalize)
+        _check_bool("KernelSobolevDescent", "resample_features", self.resample_features)
 
     def init(self, x0: jax.Array, key: jax.Array, wx: jax.Array | None = None) -> FlowState:
         x0 = check_points("x0", x0)
@@ -214,6 +226,9 @@ class MMDFlow:
         check_kernel(self.kernel)
         _check_hyper("MMDFlow", "step_size", self.step_size)
         _check_hyper("MMDFlow", "noise_level", self.noise_level, allow_zero=True)
+        if self.impl not in IMPLS:
+            raise ValueError(f"MMDFlow: `impl` must be one of {IMPLS}; got {self.impl!r}.")
+        check_block_size(self.block_size)
 
     def init(self, x0: jax.Array, key: jax.Array, wx: jax.Array | None = None) -> FlowState:
         return _init_state(x0, key, wx)

@@ -28,9 +28,39 @@ HESS_DIRECT_MAX_D = 3
 
 
 def _pytree(data: tuple[str, ...] = (), meta: tuple[str, ...] = ()):
+    """A frozen dataclass registered as a pytree: ``data`` fields are leaves, ``meta`` static.
+
+    Construction (``__init__``) runs ``__post_init__`` validation; ``tree_unflatten`` does
+    *not*: it rebuilds the object field by field, so JAX may put tracers, ``None`` or
+    ``object()`` sentinels in the leaves (``jax.tree.map``, ``vmap`` axis specs, Pallas
+    parameter scalars) without tripping checks meant for user input.
+    """
+    data, meta = tuple(data), tuple(meta)
+
     def wrap(cls):
         cls = dataclasses.dataclass(frozen=True, eq=False)(cls)
-        return jax.tree_util.register_dataclass(cls, data_fields=list(data), meta_fields=list(meta))
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if fields != set(data) | set(meta):
+            raise TypeError(f"_pytree({cls.__name__}): fields {fields} != data + meta.")
+        keys = tuple(jax.tree_util.GetAttrKey(f) for f in data)
+
+        def flatten_with_keys(obj):
+            kids = tuple((key, getattr(obj, f)) for key, f in zip(keys, data, strict=True))
+            return kids, tuple(getattr(obj, f) for f in meta)
+
+        def flatten(obj):
+            return tuple(getattr(obj, f) for f in data), tuple(getattr(obj, f) for f in meta)
+
+        def unflatten(aux, children):
+            obj = object.__new__(cls)
+            for f, v in zip(data, children, strict=True):
+                object.__setattr__(obj, f, v)
+            for f, v in zip(meta, aux, strict=True):
+                object.__setattr__(obj, f, v)
+            return obj
+
+        jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
+        return cls
 
     return wrap
 

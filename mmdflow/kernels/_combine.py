@@ -49,6 +49,11 @@ class Scaled(Kernel):
     scale: Any = 1.0
 
     def __post_init__(self):
+        if not isinstance(self.kernel, Kernel):
+            raise ValueError(
+                f"Scaled: `kernel` must be a Kernel (Scaled(kernel, scale), or write "
+                f"scale * kernel); got {type(self.kernel).__name__} {self.kernel!r}."
+            )
         check_positive("Scaled", "scale", self.scale)
 
     @property

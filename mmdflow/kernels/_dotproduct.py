@@ -6,7 +6,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from mmdflow._checks import check_positive, concrete_array
+from mmdflow._checks import check_positive, check_real, concrete_array
 from mmdflow.kernels._base import DotProductKernel, _pytree
 
 
@@ -25,10 +25,11 @@ class Polynomial(DotProductKernel):
     offset: Any = 1.0
 
     def __post_init__(self):
-        if not isinstance(self.degree, int) or self.degree < 1:
+        if isinstance(self.degree, bool) or not isinstance(self.degree, int) or self.degree < 1:
             raise ValueError(f"Polynomial: `degree` must be a positive int; got {self.degree!r}.")
         if self.scale is not None:
             check_positive("Polynomial", "scale", self.scale)
+        check_real("Polynomial", "offset", self.offset)
         off = concrete_array(self.offset)
         if off is not None and not (off >= 0).all():
             raise ValueError(f"Polynomial: `offset` must be >= 0; got {off}.")

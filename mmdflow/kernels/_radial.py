@@ -6,7 +6,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from mmdflow._checks import check_positive, concrete_array
+from mmdflow._checks import check_positive, check_real, concrete_array
 from mmdflow.kernels._base import RadialKernel, _pytree, _safe_sqrt
 
 
@@ -52,6 +52,8 @@ class MixtureRBF(RadialKernel):
         bw = concrete_array(self.bandwidths)
         if bw is not None and bw.ndim != 1:
             raise ValueError(f"MixtureRBF: `bandwidths` must be 1-D; got shape {bw.shape}.")
+        if self.weights is not None:
+            check_real("MixtureRBF", "weights", self.weights)
         w = concrete_array(self.weights)
         if w is not None:
             if bw is not None and w.shape != bw.shape:
@@ -99,6 +101,7 @@ class IMQ(RadialKernel):
 
     def __post_init__(self):
         check_positive("IMQ", "scale", self.scale)
+        check_real("IMQ", "beta", self.beta)
         b = concrete_array(self.beta)
         if b is not None and not (b < 0).all():
             raise ValueError(f"IMQ: `beta` must be < 0 for a positive-definite kernel; got {b}.")
