@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from mmdflow import kernels as K
 from mmdflow.kernels import HIGHEST, _pytree
+from mmdflow.kernels._base import _nonnegative, _positive
 
 __all__ = ["RFF", "FeatureKernel"]
 
@@ -90,21 +91,24 @@ def _spectral_scale(kernel, key, m, dtype):
     """Per-feature inverse length scales and amplitude for ``kernel``'s spectral density."""
     if isinstance(kernel, K.Scaled):
         scale, amp = _spectral_scale(kernel.kernel, key, m, dtype)
-        return scale, amp * jnp.sqrt(kernel.scale)
+        return scale, amp * jnp.sqrt(_positive(kernel.scale))
     if isinstance(kernel, K.Gaussian):
-        return jnp.ones((m,), dtype) / kernel.bandwidth, 1.0
+        return jnp.ones((m,), dtype) / _positive(kernel.bandwidth), 1.0
     if isinstance(kernel, K.Laplace):
         # multivariate Cauchy: normal / |normal| (shared per row), scaled by 1/bandwidth
         g = jnp.abs(jax.random.normal(key, (m,), dtype))
-        return 1.0 / (g * kernel.bandwidth), 1.0
+        return 1.0 / (g * _positive(kernel.bandwidth)), 1.0
     if isinstance(kernel, K.RationalQuadratic):
         # (1 + s/(2 a l^2))^-a = E_tau exp(-tau s / 2), tau ~ Gamma(a, rate a l^2)
-        a = jnp.asarray(kernel.alpha, dtype)
-        tau = jax.random.gamma(key, a * jnp.ones((m,), dtype)) / (a * kernel.bandwidth**2)
+        a = _positive(jnp.asarray(kernel.alpha, dtype))
+        tau = jax.random.gamma(key, a * jnp.ones((m,), dtype)) / (
+            a * _positive(kernel.bandwidth) ** 2
+        )
         return jnp.sqrt(tau), 1.0
     if isinstance(kernel, K.MixtureRBF):
-        bw = jnp.asarray(kernel.bandwidths, dtype)
+        bw = _positive(jnp.asarray(kernel.bandwidths, dtype))
         w = jnp.ones_like(bw) if kernel.weights is None else jnp.asarray(kernel.weights, dtype)
+        w = _nonnegative(w)
         total = jnp.sum(w)
         comp = jax.random.categorical(key, jnp.log(w / total), shape=(m,))
         return 1.0 / bw[comp], jnp.sqrt(total)

@@ -249,3 +249,58 @@ def test_median_bandwidth_matches_numpy(rng):
     mb = float(jax.jit(mmdflow.median_bandwidth)(big))
     assert 1.3 < mb < 2.0  # median distance of two standard 2-D normals is ~1.67
     assert np.isnan(mmdflow.median_bandwidth(np.array([[0.0], [np.nan], [1.0]])))
+
+
+# ---------------------------------------------------------------- traced hyperparameters
+# (make(p) with p a traced scalar, an invalid value of p for the kernel)
+_TRACED = [
+    ("gaussian", lambda p: kernels.Gaussian(p), -1.0),
+    ("gaussian0", lambda p: kernels.Gaussian(p), 0.0),
+    ("gaussian_inf", lambda p: kernels.Gaussian(p), np.inf),
+    ("mixture_bw", lambda p: kernels.MixtureRBF((p, 2.0)), -0.5),
+    ("mixture_w", lambda p: kernels.MixtureRBF((0.5, 2.0), (1.0, p)), -0.5),
+    ("imq_scale", lambda p: kernels.IMQ(p), -1.2),
+    ("imq_beta", lambda p: kernels.IMQ(1.2, beta=p), 0.5),
+    ("laplace", lambda p: kernels.Laplace(p), -1.1),
+    ("rq_bw", lambda p: kernels.RationalQuadratic(p), -0.8),
+    ("rq_alpha", lambda p: kernels.RationalQuadratic(0.8, alpha=p), -2.0),
+    ("poly_scale", lambda p: kernels.Polynomial(2, scale=p), -0.5),
+    ("poly_offset", lambda p: kernels.Polynomial(2, offset=p), -1.0),
+    ("scaled", lambda p: kernels.Scaled(kernels.Gaussian(1.0), p), -2.0),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "bad"), _TRACED, ids=[c[0] for c in _TRACED])
+def test_invalid_traced_hyperparameters_give_nan(name, make, bad, rng):
+    """Under jit a hyperparameter cannot be checked: invalid values give NaN, not a value for
+    some other valid hyperparameter (``Gaussian(-1)`` used to evaluate as ``Gaussian(1)``)."""
+    x = rng.normal(size=(9, 3))
+    y = rng.normal(size=(7, 3))
+    e = rng.normal(size=(7, 3))
+    w = rng.uniform(0.5, 1.0, size=7)
+    good = abs(bad) if np.isfinite(bad) and bad != 0 else 1.3
+    if name == "imq_beta":
+        good = -0.5
+    impls = ["dense", "blocked"]
+    if isinstance(make(good), kernels.RadialKernel):
+        impls.append("pallas")
+    for impl in impls:
+        fns = {
+            "matvec": lambda p, impl=impl: ops.kernel_matvec(make(p), x, y, w, impl=impl),
+            "grad": lambda p, impl=impl: ops.kernel_grad_matvec(make(p), x, y, w, impl=impl),
+            "mmd2": lambda p, impl=impl: mmdflow.mmd2(x, y, make(p), impl=impl),
+        }
+        if impl != "pallas":
+            fns["hess"] = lambda p, impl=impl: ops.kernel_hessian_matvec(
+                make(p), x, y, e, impl=impl
+            )
+            fns["gram"] = lambda p: make(p).gram_block(jnp.asarray(x), jnp.asarray(y))
+        for fname, f in fns.items():
+            out = np.asarray(jax.jit(f)(bad))
+            assert np.all(np.isnan(out)), (impl, fname, out.ravel()[:3])
+            # a valid traced value gives the same result as the concrete kernel
+            np.testing.assert_allclose(jax.jit(f)(good), f(good), rtol=1e-12, atol=1e-14)
+    if name in ("gaussian", "laplace", "rq_bw", "scaled"):
+        # gradients in a valid traced hyperparameter stay finite (the guard is where(ok, p, nan))
+        gfn = jax.grad(lambda p: mmdflow.mmd2(x, y, make(p), impl="blocked"))
+        assert np.isfinite(jax.jit(gfn)(good))

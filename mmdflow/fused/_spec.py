@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from mmdflow.kernels import MixtureRBF, RadialKernel
+from mmdflow.kernels._base import _nonnegative, _positive
 
 
 def _unsupported_reason(k) -> str | None:
@@ -79,8 +80,9 @@ def _spec_and_params(k, dtype):
 def _profiles(kern):
     """``(phi, dphi)`` elementwise in the squared distance, for a kernel rebuilt from scalars."""
     if isinstance(kern, MixtureRBF):
-        bws = kern.bandwidths
-        ws = (None,) * len(bws) if kern.weights is None else kern.weights
+        # traced scalars here: an invalid value gives NaN, as in MixtureRBF itself
+        bws = tuple(_positive(b) for b in kern.bandwidths)
+        ws = (None,) * len(bws) if kern.weights is None else tuple(map(_nonnegative, kern.weights))
 
         def phi(s):
             out = 0.0

@@ -85,6 +85,36 @@ def sqdist(x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.maximum(xx[:, None] + yy[None, :] - 2.0 * xy, 0.0)
 
 
+def _traced_guard(p, ok):
+    """``p`` where ``ok(p)`` and finite, NaN elsewhere; concrete ``p`` is returned unchanged.
+
+    Concrete hyperparameters are validated when a kernel is constructed; traced ones (kernel
+    leaves under ``jit`` / ``grad`` / ``vmap``, Pallas parameter scalars) cannot be, so an
+    invalid traced value makes the kernel's values NaN instead of silently meaning something
+    else (e.g. ``Gaussian(-1.0)`` evaluating as ``Gaussian(1.0)``). One scalar select per
+    parameter and kernel evaluation (a tile), never per pair.
+    """
+    if not isinstance(p, jax.core.Tracer):
+        return p
+    # |p| < inf rather than isfinite: also lowers inside Pallas/Triton kernel bodies
+    return jnp.where(ok(p) & (jnp.abs(p) < jnp.inf), p, jnp.nan)
+
+
+def _positive(p):
+    """``p`` if traced and finite ``> 0``, else NaN (see :func:`_traced_guard`)."""
+    return _traced_guard(p, lambda v: v > 0)
+
+
+def _nonnegative(p):
+    """``p`` if traced and finite ``>= 0``, else NaN (see :func:`_traced_guard`)."""
+    return _traced_guard(p, lambda v: v >= 0)
+
+
+def _negative(p):
+    """``p`` if traced and finite ``< 0``, else NaN (see :func:`_traced_guard`)."""
+    return _traced_guard(p, lambda v: v < 0)
+
+
 def _safe_sqrt(s):
     """sqrt with a zero (not NaN/inf) derivative at 0; NaN inputs stay NaN."""
     zero = s == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mmdflow._checks import check_positive
-from mmdflow.kernels._base import Kernel, _pytree
+from mmdflow.kernels._base import Kernel, _positive, _pytree
 
 
 @_pytree(data=("kernels",))
@@ -61,16 +61,16 @@ class Scaled(Kernel):
         return self.kernel.translation_invariant
 
     def __call__(self, x, y):
-        return self.scale * self.kernel(x, y)
+        return _positive(self.scale) * self.kernel(x, y)
 
     def gram_block(self, x, y):
-        return self.scale * self.kernel.gram_block(x, y)
+        return _positive(self.scale) * self.kernel.gram_block(x, y)
 
     def grad_block(self, x, y, w):
-        return self.scale * self.kernel.grad_block(x, y, w)
+        return _positive(self.scale) * self.kernel.grad_block(x, y, w)
 
     def hess_block(self, x, y, e):
-        return self.scale * self.kernel.hess_block(x, y, e)
+        return _positive(self.scale) * self.kernel.hess_block(x, y, e)
 
 
 @_pytree(data=("kernel",))

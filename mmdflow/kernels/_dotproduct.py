@@ -7,7 +7,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from mmdflow._checks import check_positive, check_real, concrete_array
-from mmdflow.kernels._base import DotProductKernel, _pytree
+from mmdflow.kernels._base import DotProductKernel, _nonnegative, _positive, _pytree
 
 
 @_pytree(data=("scale", "offset"), meta=("degree",))
@@ -35,20 +35,24 @@ class Polynomial(DotProductKernel):
             raise ValueError(f"Polynomial: `offset` must be >= 0; got {off}.")
 
     def _scale(self, d):
-        return 1.0 / d if self.scale is None else self.scale
+        return 1.0 / d if self.scale is None else _positive(self.scale)
 
     def fn(self, t, d):
-        return (self._scale(d) * t + self.offset) ** self.degree
+        """``psi(t) = (scale t + offset)^degree`` of the dot products ``t`` in dimension ``d``."""
+        return (self._scale(d) * t + _nonnegative(self.offset)) ** self.degree
 
     def fn_grad(self, t, d):
+        """``psi'(t)`` (elementwise, the shape of ``t``)."""
         c = self._scale(d)
-        return self.degree * c * (c * t + self.offset) ** (self.degree - 1)
+        return self.degree * c * (c * t + _nonnegative(self.offset)) ** (self.degree - 1)
 
     def fn_hess(self, t, d):
+        """``psi''(t)`` (elementwise, the shape of ``t``)."""
         if self.degree < 2:
             return jnp.zeros_like(t)
         c = self._scale(d)
-        return self.degree * (self.degree - 1) * c * c * (c * t + self.offset) ** (self.degree - 2)
+        off = _nonnegative(self.offset)
+        return self.degree * (self.degree - 1) * c * c * (c * t + off) ** (self.degree - 2)
 
 
 @_pytree()

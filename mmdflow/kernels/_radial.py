@@ -7,7 +7,14 @@ from typing import Any
 import jax.numpy as jnp
 
 from mmdflow._checks import check_positive, check_real, concrete_array
-from mmdflow.kernels._base import RadialKernel, _pytree, _safe_sqrt
+from mmdflow.kernels._base import (
+    RadialKernel,
+    _negative,
+    _nonnegative,
+    _positive,
+    _pytree,
+    _safe_sqrt,
+)
 
 
 @_pytree(data=("bandwidth",))
@@ -23,15 +30,28 @@ class Gaussian(RadialKernel):
     def __post_init__(self):
         check_positive("Gaussian", "bandwidth", self.bandwidth)
 
+    def _c(self):
+        return 1.0 / (2.0 * _positive(self.bandwidth) ** 2)
+
     def profile(self, s):
-        return jnp.exp(-s / (2.0 * self.bandwidth**2))
+        """``phi(s) = exp(-s / (2 bandwidth^2))``.
+
+        Args:
+          s: squared distances, any shape.
+
+        Returns:
+          Kernel values, the shape of ``s``.
+        """
+        return jnp.exp(-s * self._c())
 
     def profile_grad(self, s):
-        c = 1.0 / (2.0 * self.bandwidth**2)
+        """``phi'(s)`` (elementwise, the shape of ``s``)."""
+        c = self._c()
         return -c * jnp.exp(-s * c)
 
     def profile_hess(self, s):
-        c = 1.0 / (2.0 * self.bandwidth**2)
+        """``phi''(s)`` (elementwise, the shape of ``s``)."""
+        c = self._c()
         return c * c * jnp.exp(-s * c)
 
 
@@ -69,8 +89,8 @@ class MixtureRBF(RadialKernel):
         Unrolled over the (static) number of bandwidths: an ``[..., L]`` intermediate with a
         reduction over ``L`` is several times slower on XLA:CPU.
         """
-        bws = jnp.asarray(self.bandwidths)
-        ws = None if self.weights is None else jnp.asarray(self.weights)
+        bws = _positive(jnp.asarray(self.bandwidths))
+        ws = None if self.weights is None else _nonnegative(jnp.asarray(self.weights))
         out = None
         for i in range(bws.shape[0]):
             c = 1.0 / (2.0 * bws[i] ** 2)
@@ -106,16 +126,23 @@ class IMQ(RadialKernel):
         if b is not None and not (b < 0).all():
             raise ValueError(f"IMQ: `beta` must be < 0 for a positive-definite kernel; got {b}.")
 
+    def _cb(self):
+        return 1.0 / _positive(self.scale) ** 2, _negative(self.beta)
+
     def profile(self, s):
-        return (1.0 + s / self.scale**2) ** self.beta
+        """``phi(s) = (1 + s / scale^2)^beta``, elementwise in the squared distances ``s``."""
+        c, beta = self._cb()
+        return (1.0 + s * c) ** beta
 
     def profile_grad(self, s):
-        c = 1.0 / self.scale**2
-        return self.beta * c * (1.0 + s * c) ** (self.beta - 1.0)
+        """``phi'(s)`` (elementwise, the shape of ``s``)."""
+        c, beta = self._cb()
+        return beta * c * (1.0 + s * c) ** (beta - 1.0)
 
     def profile_hess(self, s):
-        c = 1.0 / self.scale**2
-        return self.beta * (self.beta - 1.0) * c * c * (1.0 + s * c) ** (self.beta - 2.0)
+        """``phi''(s)`` (elementwise, the shape of ``s``)."""
+        c, beta = self._cb()
+        return beta * (beta - 1.0) * c * c * (1.0 + s * c) ** (beta - 2.0)
 
 
 @_pytree(data=("bandwidth",))
@@ -128,18 +155,22 @@ class Laplace(RadialKernel):
         check_positive("Laplace", "bandwidth", self.bandwidth)
 
     def profile(self, s):
-        return jnp.exp(-_safe_sqrt(s) / self.bandwidth)
+        """``phi(s) = exp(-sqrt(s) / bandwidth)``, elementwise in the squared distances ``s``."""
+        return jnp.exp(-_safe_sqrt(s) / _positive(self.bandwidth))
 
     def profile_grad(self, s):
+        """``phi'(s)`` (elementwise, the shape of ``s``); 0 at ``s = 0``."""
+        b = _positive(self.bandwidth)
         r = _safe_sqrt(s)
         zero = s == 0
         r_safe = jnp.where(zero, jnp.ones_like(r), r)
-        g = -jnp.exp(-r / self.bandwidth) / (2.0 * self.bandwidth * r_safe)
+        g = -jnp.exp(-r / b) / (2.0 * b * r_safe)
         return jnp.where(zero, jnp.zeros_like(g), g)
 
     def profile_hess(self, s):
+        """``phi''(s)`` (elementwise, the shape of ``s``); 0 at ``s = 0``."""
         # exp(-r / b) (r + b) / (4 b^2 r^3) with r = sqrt(s); 0 at s = 0 (like profile_grad)
-        b = self.bandwidth
+        b = _positive(self.bandwidth)
         zero = s == 0
         r = jnp.sqrt(jnp.where(zero, jnp.ones_like(s), s))
         h = jnp.exp(-r / b) * (r + b) / (4.0 * b * b * r * r * r)
@@ -157,16 +188,24 @@ class RationalQuadratic(RadialKernel):
         check_positive("RationalQuadratic", "bandwidth", self.bandwidth)
         check_positive("RationalQuadratic", "alpha", self.alpha)
 
+    def _ca(self):
+        a = _positive(self.alpha)
+        return 1.0 / (2.0 * a * _positive(self.bandwidth) ** 2), a
+
     def profile(self, s):
-        return (1.0 + s / (2.0 * self.alpha * self.bandwidth**2)) ** (-self.alpha)
+        """``phi(s) = (1 + s / (2 alpha bandwidth^2))^-alpha``, elementwise in ``s``."""
+        c, a = self._ca()
+        return (1.0 + s * c) ** (-a)
 
     def profile_grad(self, s):
-        c = 1.0 / (2.0 * self.alpha * self.bandwidth**2)
-        return -self.alpha * c * (1.0 + s * c) ** (-self.alpha - 1.0)
+        """``phi'(s)`` (elementwise, the shape of ``s``)."""
+        c, a = self._ca()
+        return -a * c * (1.0 + s * c) ** (-a - 1.0)
 
     def profile_hess(self, s):
-        c = 1.0 / (2.0 * self.alpha * self.bandwidth**2)
-        return self.alpha * (self.alpha + 1.0) * c * c * (1.0 + s * c) ** (-self.alpha - 2.0)
+        """``phi''(s)`` (elementwise, the shape of ``s``)."""
+        c, a = self._ca()
+        return a * (a + 1.0) * c * c * (1.0 + s * c) ** (-a - 2.0)
 
 
 @_pytree()
