@@ -66,10 +66,17 @@ CHOLESKY_MAX_SIZE = 4096
 RFF_BLOCK_ROWS = 8192
 
 
+def compute_dtype(dtype) -> jnp.dtype:
+    """The dtype the critics compute in: float32 for bfloat16 / float16 points (their linear
+    solves have no half-precision kernels), the points' own dtype otherwise."""
+    dtype = jnp.dtype(dtype)
+    return jnp.dtype(jnp.float32) if dtype.itemsize < 4 else dtype
+
+
 def _inputs(x, y, wx, wy):
     x = check_points("x", x)
     y = check_points("y", y, d=x.shape[1])
-    dtype = jnp.result_type(x.dtype, y.dtype)
+    dtype = compute_dtype(jnp.result_type(x.dtype, y.dtype))
     x, y = x.astype(dtype), y.astype(dtype)
     a = _weights("wx", wx, x.shape[0], "x", dtype)
     b = _weights("wy", wy, y.shape[0], "y", dtype)
@@ -127,7 +134,7 @@ def rff_critic(
       wx, wy: optional particle / target weights.
 
     Returns:
-      An :class:`RFFCritic`.
+      An :class:`RFFCritic` (float32 for bfloat16 / float16 points, see :func:`compute_dtype`).
     """
     x, y, a, b = _inputs(x, y, wx, wy)
     if rff.z.shape[1] != x.shape[1]:
@@ -285,7 +292,8 @@ def exact_critic(
         ``discrepancy_sq`` (the velocity ``grad_at_x`` does not depend on it).
 
     Returns:
-      An :class:`ExactCritic`.
+      An :class:`ExactCritic` (computed in float32 for bfloat16 / float16 points, see
+      :func:`compute_dtype`).
     """
     check_kernel(k)
     if solver not in SOLVERS:
