@@ -10,6 +10,7 @@ import numpy as np
 from mmdflow.cli._common import (
     MMD_STEP_FACTOR,
     NEURAL_STEP_FACTOR,
+    SOBOLEV_MAX_MOVE,
     SOBOLEV_REG,
     SOBOLEV_STEP_SIZE,
     CLIError,
@@ -67,7 +68,7 @@ def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int, mesh=None
             stepper = sharding.ShardedKernelSobolevDescent(
                 kernel, mesh, step_size=step, reg=reg / bandwidth**2
             )
-            extra = {"solver": "cg (sharded exact critic)"}
+            extra = {"solver": "cg (sharded exact critic)", "max_move": None}
         else:
             stepper = flows.KernelSobolevDescent(
                 kernel,
@@ -75,10 +76,13 @@ def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int, mesh=None
                 reg=reg / bandwidth**2,
                 num_features=nf,
                 resample_features=resample,
+                max_move=SOBOLEV_MAX_MOVE * bandwidth,
             )
             if mesh is not None:
                 stepper = sharding.ShardedStepper(stepper, mesh)
         return stepper, {
+            "max_move": SOBOLEV_MAX_MOVE,
+            "max_move_rule": "a particle moves at most max_move * bandwidth per step",
             **extra,
             "step_size": step,
             "step_size_rule": "user" if args.step_size is not None else "default",
