@@ -330,3 +330,178 @@ def test_sobolev_descent_reduces_mmd_100x_on_2d_problem():
 def test_bad_flow_input(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+# --------------------------------------------------------------------------- run: continue, chunks
+
+
+def _steppers_for_continuation():
+    k = kernels.Gaussian(1.0)
+    out = {
+        "sobolev-rff-resampled": flows.KernelSobolevDescent(
+            k, step_size=0.5, reg=0.1, num_features=16, resample_features=True
+        ),
+        "sobolev-rff-fixed": flows.KernelSobolevDescent(k, step_size=0.5, reg=0.1, num_features=16),
+        "mmd-noise": flows.MMDFlow(k, step_size=2.0, noise_level=0.3),
+    }
+    try:
+        from mmdflow import neural
+    except ImportError:
+        return out
+    critic = neural.mlp_critic(2, hidden=(8,), key=jax.random.key(3))
+    out["neural"] = neural.NeuralSobolevDescent(critic, step_size=0.05, kernel=k)
+    return out
+
+
+_CONTINUATION = _steppers_for_continuation()
+
+
+def _same_history(h1, h2):
+    assert set(h1) == set(h2)
+    for name in h1:
+        if name != "wall_time":
+            np.testing.assert_array_equal(h1[name], h2[name], err_msg=name)
+
+
+@pytest.mark.parametrize("name", sorted(_CONTINUATION))
+def test_run_continued_from_state_and_history_is_bit_identical(name, rng):
+    x, y = _problem(rng, n=24, m=20)
+    x, y = np.float32(x), np.float32(y)
+    s = _CONTINUATION[name]
+    kw = dict(key=jax.random.key(0), record_every=3, record_trajectory=True)
+    straight, h = flows.run(s, x, y, num_steps=13, **kw)
+    first, h1 = flows.run(s, x, y, num_steps=7, **kw)  # ends between two records
+    assert h1["step"].tolist() == [0, 3, 6, 7]
+    cont, h2 = flows.run(s, None, y, num_steps=6, state=first, history=h1, **kw)
+    # the continuation records at the same steps, without step 0 or step 7 again
+    assert h2["step"].tolist() == [0, 3, 6, 7, 9, 12, 13]
+    assert h["step"].tolist() == [0, 3, 6, 9, 12, 13]
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(cont), strict=True):
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(a, b)  # particles, key, features, critic, optimizer
+    keep = [0, 1, 2, 4, 5, 6]  # the straight run has no record at step 7
+    _same_history(h, {k: v[keep] for k, v in h2.items()})
+    assert np.all(np.diff(h2["wall_time"]) >= 0)
+
+
+def test_run_results_do_not_depend_on_the_chunking(rng):
+    x, y = _problem(rng, n=30, m=25)
+    s = flows.KernelSobolevDescent(
+        kernels.Gaussian(1.0), step_size=0.5, reg=0.1, num_features=16, resample_features=True
+    )
+    chunks = {}
+    for seconds in (1e-9, 1e9):  # one step per chunk / a record interval per chunk
+        seen = []
+        kw = dict(num_steps=11, key=jax.random.key(0), record_every=5, record_trajectory=True)
+        st, h = flows.run(
+            s, x, y, chunk_seconds=seconds, on_chunk=lambda i, st, hf: seen.append(i), **kw
+        )
+        chunks[seconds] = (st, h, seen)
+    (s1, h1, seen1), (s2, h2, seen2) = chunks[1e-9], chunks[1e9]
+    assert seen1 == list(range(1, 12))
+    assert seen2 == [1, 5, 10, 11]  # the first chunk (compiling) is one step
+    np.testing.assert_array_equal(s1.x, s2.x)
+    _same_history(h1, h2)
+
+
+def test_run_on_chunk_gives_state_and_history_so_far(rng):
+    x, y = _problem(rng, n=20, m=20)
+    s = flows.MMDFlow(kernels.Gaussian(1.0), step_size=2.0)
+    seen = []
+
+    def on_chunk(step, state, history):
+        h = history()
+        seen.append((step, int(state.count), h["step"].tolist(), h["trajectory"].shape[0]))
+
+    flows.run(
+        s,
+        x,
+        y,
+        num_steps=4,
+        key=jax.random.key(0),
+        record_every=2,
+        chunk_seconds=1e-9,
+        record_trajectory=True,
+        on_chunk=on_chunk,
+    )
+    assert seen == [
+        (1, 1, [0], 1),
+        (2, 2, [0, 2], 2),
+        (3, 3, [0, 2], 2),
+        (4, 4, [0, 2, 4], 3),
+    ]
+
+
+class _NaNAfter:
+    """A stepper moving every particle by +1 per step; step ``bad`` gives NaN particles."""
+
+    kernel = kernels.Gaussian(1.0)
+
+    def __init__(self, bad):
+        self.bad = bad
+
+    def init(self, x0, key, wx=None):
+        return flows.MMDFlow(self.kernel).init(x0, key, wx)
+
+    def step(self, state, y, wy=None):
+        x = jnp.where(state.count + 1 >= self.bad, jnp.nan, state.x + 0.01)
+        aux = {"kinetic": jnp.float32(0.0), "critic": jnp.float32(0.0)}
+        return state._replace(x=x, count=state.count + 1), aux
+
+
+def test_run_stops_at_non_finite_particles_keeping_the_last_finite_state(rng):
+    x, y = _problem(rng, n=10, m=10)
+    kw = dict(num_steps=20, key=jax.random.key(0), record_every=4, record_trajectory=True)
+    state, h = flows.run(_NaNAfter(7), x, y, **kw)
+    assert h["diverged"]["step"] == 6 and "non-finite" in h["diverged"]["reason"]
+    assert int(state.count) == 6
+    np.testing.assert_allclose(state.x, x + 0.06, rtol=1e-12)
+    assert h["step"].tolist() == [0, 4, 6]  # the last finite state is recorded
+    np.testing.assert_array_equal(h["trajectory"][-1], state.x)
+    # off: the flow runs on into NaN
+    state, h = flows.run(_NaNAfter(7), x, y, divergence_factor=None, **kw)
+    assert "diverged" not in h and np.isnan(np.asarray(state.x)).all()
+
+
+def test_run_stops_when_mmd2_rises(rng):
+    x, y = _problem(rng, n=30, m=30)
+    k = kernels.Gaussian(1.0)
+    # a blown-up step flings the particles far from the target: MMD^2 -> E k(y, y')
+    state, h = flows.run(flows.MMDFlow(k, step_size=1e4), x, y, num_steps=10, key=jax.random.key(0))
+    assert h["diverged"]["step"] == 10 and "MMD^2 rose" in h["diverged"]["reason"]
+    assert h["mmd2"][-1] > 1.5 * h["mmd2"][0] and np.isfinite(np.asarray(state.x)).all()
+    _, h = flows.run(
+        flows.MMDFlow(k, step_size=1e4),
+        x,
+        y,
+        num_steps=10,
+        key=jax.random.key(0),
+        divergence_factor=None,
+    )
+    assert "diverged" not in h and h["mmd2"][-1] > 1.5 * h["mmd2"][0]
+    # a noisy MMD flow started on the target distribution: MMD^2 rises to a noisy
+    # equilibrium 5.8x above its first record (sampling noise) without tripping the check
+    # (whose floor is E k(y, y') / 2)
+    from mmdflow import data
+
+    y2, x2 = data.sample("8gaussians", 100, seed=1), data.sample("8gaussians", 100, seed=2)
+    bw = float(mmdflow.median_bandwidth(x2, y2))
+    mix = kernels.MixtureRBF(np.float32([bw / 8, bw / 4, bw / 2, bw]))
+    noisy = flows.MMDFlow(mix, step_size=0.5 * bw**2, noise_level=0.5 * bw)
+    _, h = flows.run(noisy, x2, y2, num_steps=20, key=jax.random.key(0), record_every=10)
+    assert "diverged" not in h and h["mmd2"].max() > 3 * h["mmd2"][0]
+
+
+def test_run_bad_continuation_arguments(rng):
+    x, y = _problem(rng, n=10, m=10)
+    s = flows.MMDFlow(kernels.Gaussian(1.0))
+    state, h = flows.run(s, x, y, num_steps=2, key=jax.random.key(0), record_every=1)
+    with pytest.raises(ValueError, match="trajectory"):
+        flows.run(s, None, y, num_steps=2, state=state, history=h, record_trajectory=True)
+    with pytest.raises(ValueError, match="beyond"):
+        flows.run(s, None, y, num_steps=2, state=state._replace(count=jnp.int32(1)), history=h)
+    with pytest.raises(ValueError, match="key"):
+        flows.run(s, x, y, num_steps=2)
+    with pytest.raises(ValueError, match="divergence_factor"):
+        flows.run(s, x, y, num_steps=2, key=jax.random.key(0), divergence_factor=1.0)

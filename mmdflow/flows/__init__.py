@@ -16,8 +16,13 @@ Protocol::
     state, aux = stepper.step(state, y)    # aux: dict of scalars
 
 :func:`scan` runs ``num_steps`` steps in one ``lax.scan`` (pure, jit-able);
-:func:`run` drives it from the host in chunks of ``record_every`` steps (one
-compiled scan), recording MMD^2, kinetic energy, critic value and wall time.
+:func:`run` drives a flow from the host in short compiled chunks (about a second
+each, compiled once; results do not depend on the chunking), recording MMD^2,
+kinetic energy, critic value and wall time every ``record_every`` steps. It
+continues a run exactly from a saved ``state`` and ``history``, hands both to an
+``on_chunk`` hook after every chunk (checkpoints), and stops a diverging flow
+(non-finite particles, or MMD^2 above :data:`DIVERGENCE_FACTOR` times its first
+record), flagging it in ``history["diverged"]``.
 
 Example:
   >>> import jax
@@ -30,11 +35,12 @@ Example:
   (3,)
 """
 
-from mmdflow.flows._run import run, scan
+from mmdflow.flows._run import DIVERGENCE_FACTOR, run, scan
 from mmdflow.flows._state import FlowState, schedule_value
 from mmdflow.flows._steppers import KernelSobolevDescent, MMDFlow, RFFState
 
 __all__ = [
+    "DIVERGENCE_FACTOR",
     "FlowState",
     "RFFState",
     "KernelSobolevDescent",

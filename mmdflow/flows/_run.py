@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mmdflow._checks import check_int, check_points
 from mmdflow.flows._state import FlowState
 from mmdflow.kernels import Kernel
 from mmdflow.mmd import _weights, mmd2
+from mmdflow.ops import kernel_matvec
+
+#: :func:`run` stops when a recorded MMD^2 exceeds this times
+#: ``max(first record, E k(y, y') / 2)``. Measured with ``mmdflow flow`` (peak MMD^2 over
+#: that reference): healthy runs <= 1.0 (defaults gaussian -> 8gaussians 1.0, i.e. the
+#: first record; MMD flow noise 0.1 moons -> rings 0.48; neural Sobolev on letter 0.28;
+#: noisy MMD flows started on the target: noise 0.5 on 8gaussians 0.15 although MMD^2
+#: rises 14x above its first record, noise 1.0 on moons 0.08); blown-up steps >= 1.84
+#: (``--step-size 1e4``: 2.01, particles at 1.5e6; MMD flow ``--step-size 1e3``: 2.01;
+#: exact Sobolev ``--reg 1e-8`` at n=100: 1.84, particles at 2.4e3).
+DIVERGENCE_FACTOR = 1.5
+#: :func:`run` keeps each compiled chunk to about this many seconds of measured wall
+#: time, so the host regains control (callbacks, Ctrl-C) at least that often.
+CHUNK_SECONDS = 1.0
+
+History = dict[str, Any]
 
 
 def _host(a):
@@ -24,18 +43,108 @@ def _host(a):
     return np.asarray(multihost_utils.process_allgather(a, tiled=True))
 
 
-def scan(stepper, state: FlowState, y: jax.Array, num_steps: int, wy: jax.Array | None = None):
-    """Runs ``num_steps`` steps in one ``lax.scan``; returns ``(state, stacked aux)``."""
+def scan(
+    stepper, state: FlowState, y: jax.Array, num_steps: int, wy: jax.Array | None = None
+) -> tuple[FlowState, dict[str, jax.Array]]:
+    """Runs ``num_steps`` steps in one ``lax.scan`` (pure, jit-able).
+
+    Args:
+      stepper: an object with ``init`` and ``step``.
+      state: the starting state.
+      y: ``[m, d]`` target samples.
+      num_steps: number of steps (static).
+      wy: optional ``[m]`` target weights.
+
+    Returns:
+      ``(state, aux)``: the state after ``num_steps`` steps and every step's aux
+      stacked, each ``[num_steps]``.
+    """
     return jax.lax.scan(lambda s, _: stepper.step(s, y, wy), state, None, length=num_steps)
+
+
+def _chunk_fn(stepper, check_finite: bool):
+    """Jitted ``(state, aux, y, wy, n) -> (state, aux, steps_done, finite)``.
+
+    ``n`` is traced (a ``while_loop``): one compilation serves every chunk length, and
+    a step runs the same compiled code whatever the chunking, so results do not depend
+    on it. With ``check_finite`` the loop stops before a step whose particles are not
+    all finite, keeping the last finite state (and its aux).
+    """
+
+    def chunk(state, aux, y, wy, n):
+        def cond(c):
+            return (c[2] < n) & c[3]
+
+        def body(c):
+            s, a, i, _ = c
+            new, new_aux = stepper.step(s, y, wy)
+            if not check_finite:
+                return new, new_aux, i + 1, jnp.bool_(True)
+            ok = jnp.all(jnp.isfinite(new.x))
+            new, new_aux = jax.lax.cond(ok, lambda: (new, new_aux), lambda: (s, a))
+            return new, new_aux, i + ok.astype(i.dtype), ok
+
+        return jax.lax.while_loop(cond, body, (state, aux, jnp.int32(0), jnp.bool_(True)))
+
+    return jax.jit(chunk)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(stepper, kmmd: Kernel, impl: str, check_finite: bool):
+    """The jitted chunk, MMD^2 and ``E k(y, y')`` functions of a run (cached across runs)."""
+
+    # y and wy are arguments, not closed-over constants (no constant folding of the target)
+    @jax.jit
+    def measure(x, wx, yy, wyy):
+        return mmd2(x, yy, kmmd, wx=wx, wy=wyy, impl=impl)
+
+    @jax.jit
+    def escape_level(yy, wyy):  # MMD^2 of particles gone far away: E k(y, y') + E k(x, x')
+        b = _weights("wy", wyy, yy.shape[0], "y", yy.dtype)
+        return jnp.dot(b, kernel_matvec(kmmd, yy, yy, b, impl=impl))
+
+    return _chunk_fn(stepper, check_finite), measure, escape_level
+
+
+def _empty_aux(stepper, state, y, wy):
+    """An aux pytree shaped like ``stepper.step``'s: NaN floats, zero integers."""
+    shapes = jax.eval_shape(stepper.step, state, y, wy)[1]
+
+    def fill(s):
+        v = jnp.nan if jnp.issubdtype(s.dtype, jnp.inexact) else 0
+        return jnp.full(s.shape, v, s.dtype)
+
+    return jax.tree.map(fill, shapes)
+
+
+def _start_history(history: Mapping[str, Any], record_trajectory: bool, start: int) -> dict:
+    """Lists from a previous run's history (``diverged`` dropped); checks it continues."""
+    need = ("step", "mmd2", "kinetic", "critic", "wall_time")
+    missing = [k for k in need if k not in history]
+    if record_trajectory and "trajectory" not in history:
+        missing.append("trajectory")
+    if missing:
+        raise ValueError(f"run: `history` lacks {missing} (pass the history `run` returned).")
+    hist = {k: [v.item() for v in np.asarray(history[k]).reshape(-1)] for k in need}
+    lengths = {len(v) for v in hist.values()}
+    if len(lengths) != 1 or not hist["step"]:
+        raise ValueError(
+            f"run: `history` arrays must have one equal, nonzero length; got {lengths}."
+        )
+    if hist["step"][-1] > start:
+        raise ValueError(
+            f"run: `history` goes up to step {hist['step'][-1]}, beyond the state's step {start}."
+        )
+    return hist
 
 
 def run(
     stepper,
-    x0: jax.Array,
+    x0: jax.Array | None,
     y: jax.Array,
     *,
     num_steps: int,
-    key: jax.Array,
+    key: jax.Array | None = None,
     record_every: int = 10,
     wx: jax.Array | None = None,
     wy: jax.Array | None = None,
@@ -43,76 +152,158 @@ def run(
     record_trajectory: bool = False,
     callback: Callable[[int, dict], None] | None = None,
     impl: str = "auto",
-):
-    """Runs a flow from the host in jitted chunks of ``record_every`` steps.
+    state: FlowState | None = None,
+    history: Mapping[str, Any] | None = None,
+    on_chunk: Callable[[int, FlowState, Callable[[], History]], None] | None = None,
+    divergence_factor: float | None = DIVERGENCE_FACTOR,
+    chunk_seconds: float = CHUNK_SECONDS,
+) -> tuple[FlowState, History]:
+    """Runs a flow from the host in short compiled chunks, recording its progress.
 
-    After every chunk (and at step 0) it records the biased MMD^2 between the
-    particles and the target under ``mmd_kernel`` (default: the stepper's
-    kernel), the last step's kinetic energy ``mean |dx|^2 / step_size`` and critic
-    value (Sobolev discrepancy estimate), and the wall time. The chunk function
-    is compiled once (a remainder chunk, if any, once more).
+    Records are taken at step 0 and at every multiple of ``record_every`` (counted
+    from the flow's start, ``state.count``) and at the last step: the biased MMD^2
+    between the particles and the target under ``mmd_kernel`` (default: the
+    stepper's kernel), the last step's kinetic energy ``mean |dx|^2 / step_size`` and
+    critic value (Sobolev discrepancy estimate), and the wall time. Between records
+    the steps run in compiled chunks of a traced length (compiled once), each kept to
+    about ``chunk_seconds`` of measured wall time; the results do not depend on the
+    chunking, so a run continued from a saved ``state`` and ``history`` equals an
+    uninterrupted one bit for bit.
+
+    Divergence stops the run early: particles that are no longer all finite (the
+    state returned is the last finite one, recorded at its step), or a recorded MMD^2
+    that is not finite or above ``divergence_factor`` (:data:`DIVERGENCE_FACTOR`,
+    1.5) times ``max(first record, E k(y, y') / 2)``. Particles flung far from the
+    target have MMD^2 ``E k(y, y') + E k(x, x')`` (for kernels vanishing at infinity),
+    which trips it unless the flow started that far away; the floor
+    ``E k(y, y') / 2`` keeps noisy flows started near the target (MMD^2 at the level
+    of sampling noise, then a noisy equilibrium above it) from tripping it. The
+    history then holds ``diverged = {"step", "reason", "mmd2"}``.
 
     Args:
       stepper: an object with ``init`` and ``step``.
-      x0: ``[n, d]`` initial particles.
+      x0: ``[n, d]`` initial particles (unused, may be ``None``, when ``state`` is given).
       y: ``[m, d]`` target samples.
-      num_steps: number of steps.
-      key: PRNG key.
-      record_every: steps per recorded point.
-      wx, wy: optional particle / target weights.
+      num_steps: number of steps to take (from ``state``'s step when continuing).
+      key: PRNG key for ``stepper.init`` (unused when ``state`` is given).
+      record_every: steps between records.
+      wx, wy: optional particle / target weights (``wx`` only for a fresh start).
       mmd_kernel: kernel for the recorded MMD^2.
-      record_trajectory: also return particles at every record, ``[R, n, d]``.
-      callback: called as ``callback(step, record)`` after each chunk (progress bars).
+      record_trajectory: also return the particles at every record, ``[R, n, d]``.
+      callback: called as ``callback(step, record)`` after each record (progress bars).
       impl: kernel-sum implementation for the recorded MMD^2.
+      state: continue from this state (e.g. a previous run's final state or a
+        checkpoint) instead of ``stepper.init(x0, key, wx)``.
+      history: the history of the run so far (as returned by ``run``, or given to
+        ``on_chunk``): new records are appended to it (step 0 is not recorded again,
+        wall times continue from its last one; a ``diverged`` entry is dropped). It
+        must hold ``trajectory`` when ``record_trajectory``.
+      on_chunk: called as ``on_chunk(step, state, history)`` after every compiled
+        chunk, where ``history()`` builds the history so far (e.g. for a checkpoint);
+        it may raise to stop the run (e.g. ``KeyboardInterrupt`` after a checkpoint).
+      divergence_factor: see above; ``None`` turns both divergence checks off.
+      chunk_seconds: target wall time of one compiled chunk (> 0).
 
     Returns:
       ``(final_state, history)`` with history a dict of NumPy arrays: ``step``,
       ``mmd2``, ``kinetic``, ``critic``, ``wall_time`` (seconds since start,
-      compile time included in the first chunk), and ``trajectory`` if requested.
+      compile time included in the first chunk), ``trajectory`` if requested, and
+      ``diverged`` (a dict, see above) only when the run stopped early.
     """
     check_int(None, "num_steps", num_steps, minimum=0)
     check_int(None, "record_every", record_every)
-    state = stepper.init(x0, key, wx)
+    if divergence_factor is not None and not (
+        divergence_factor > 1 and divergence_factor < math.inf
+    ):
+        raise ValueError(f"run: `divergence_factor` must be > 1 or None; got {divergence_factor}.")
+    if not chunk_seconds > 0:
+        raise ValueError(f"run: `chunk_seconds` must be > 0; got {chunk_seconds}.")
+    if state is None:
+        if key is None:
+            raise ValueError("run: `key` is required to start a flow (no `state` given).")
+        state = stepper.init(x0, key, wx)
+    elif not isinstance(state, FlowState):
+        raise ValueError(f"run: `state` must be a FlowState; got {type(state).__name__}.")
     y = check_points("y", y, d=state.x.shape[1], other="x0")
     if wy is not None:  # checked here: inside the jitted chunks below it is traced
         _weights("wy", wy, y.shape[0], "y", y.dtype)
     kmmd = mmd_kernel if mmd_kernel is not None else stepper.kernel
 
-    # y and wy are arguments, not closed-over constants (no constant folding of the target)
-    @jax.jit
-    def measure(x, wx, yy, wyy):
-        return mmd2(x, yy, kmmd, wx=wx, wy=wyy, impl=impl)
-
-    chunk = jax.jit(lambda s, yy, wyy, n: scan(stepper, s, yy, n, wyy), static_argnums=3)
-    nan = float("nan")
-    hist = {
-        "step": [0],
-        "mmd2": [float(measure(state.x, state.wx, y, wy))],
-        "kinetic": [nan],
-        "critic": [nan],
-    }
-    traj = [_host(state.x)] if record_trajectory else None
+    try:
+        chunk, measure, escape_level = _compiled(stepper, kmmd, impl, divergence_factor is not None)
+    except TypeError:  # an unhashable stepper or kernel: compile for this call only
+        chunk, measure, escape_level = _compiled.__wrapped__(
+            stepper, kmmd, impl, divergence_factor is not None
+        )
+    start = int(state.count)
     t0 = time.perf_counter()
-    hist["wall_time"] = [0.0]
-    done = 0
-    for _ in range(math.ceil(num_steps / record_every)):
-        n = min(record_every, num_steps - done)
-        state, aux = chunk(state, y, wy, n)
-        done += n
+    aux = _empty_aux(stepper, state, y, wy)
+    if history is None:
+        nan = float("nan")
+        hist = {"step": [start], "mmd2": [float(measure(state.x, state.wx, y, wy))]}
+        hist.update(kinetic=[nan], critic=[nan], wall_time=[0.0])
+        traj = [_host(state.x)] if record_trajectory else None
+    else:
+        hist = _start_history(history, record_trajectory, start)
+        traj = list(np.asarray(history["trajectory"])) if record_trajectory else None
+        t0 -= hist["wall_time"][-1]
+
+    def snapshot() -> History:
+        out = {name: np.asarray(v) for name, v in hist.items()}
+        if record_trajectory:
+            out["trajectory"] = np.stack(traj)
+        if diverged is not None:
+            out["diverged"] = dict(diverged)
+        return out
+
+    def record(step):
         rec = {
-            "step": done,
+            "step": step,
             "mmd2": float(measure(state.x, state.wx, y, wy)),
-            "kinetic": float(aux["kinetic"][-1]),
-            "critic": float(aux["critic"][-1]),
+            "kinetic": float(aux["kinetic"]),
+            "critic": float(aux["critic"]),
             "wall_time": time.perf_counter() - t0,
         }
         for name, val in rec.items():
             hist[name].append(val)
         if record_trajectory:
             traj.append(_host(state.x))
-        if callback is not None:
-            callback(done, rec)
-    out = {name: np.asarray(v) for name, v in hist.items()}
-    if record_trajectory:
-        out["trajectory"] = np.stack(traj)
-    return state, out
+        return rec
+
+    diverged = None
+    if divergence_factor is not None:
+        escape = float(escape_level(y, wy))
+        ref = max(hist["mmd2"][0], escape / 2)
+    step, end = start, start + num_steps
+    per_step = None  # measured seconds per step (the first chunk, 1 step, compiles)
+    while step < end:
+        target = min((step // record_every + 1) * record_every, end)
+        k = 1 if per_step is None else max(1, min(target - step, int(chunk_seconds / per_step)))
+        t = time.perf_counter()
+        state, aux, done, ok = chunk(state, aux, y, wy, jnp.int32(k))
+        done, ok = int(done), bool(ok)
+        per_step = (time.perf_counter() - t) / max(done, 1)
+        step += done
+        rec = None
+        if not ok:
+            if hist["step"][-1] != step:
+                rec = record(step)
+            diverged = {"step": step, "reason": f"non-finite particles at step {step + 1}"}
+            diverged["mmd2"] = hist["mmd2"][-1]
+        elif step == target:
+            rec = record(step)
+            if divergence_factor is not None and not rec["mmd2"] <= divergence_factor * ref:
+                diverged = {
+                    "step": step,
+                    "reason": f"MMD^2 rose to {rec['mmd2']:.3e}, above {divergence_factor:g}x "
+                    f"{ref:.3e} (the first record {hist['mmd2'][0]:.3e}, at least half the "
+                    f"target's E k(y, y') {escape:.3e})",
+                    "mmd2": rec["mmd2"],
+                }
+        if callback is not None and rec is not None:
+            callback(step, rec)
+        if on_chunk is not None:
+            on_chunk(step, state, snapshot)
+        if diverged is not None:
+            break
+    return state, snapshot()
