@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -117,6 +118,12 @@ def test_flow_mmd_method_npy_files_and_pca(tmp_path, capsys):
     assert rc == 0, err
     x = np.load(out / "particles.npy")
     assert x.shape == (120, 3)  # source file subsampled to --n
+    rows = np.load(out / "source_indices.npy")  # ... and the rows kept are saved
+    assert rows.shape == (120,) and len(set(rows.tolist())) == 120
+    with np.load(out / "trajectory.npz") as t:
+        np.testing.assert_array_equal(t["snapshots"][0], np.load(src)[rows].astype(np.float32))
+    assert not (out / "target_indices.npy").exists()  # 90 rows < --n: all kept, in order
+    assert "source_indices.npy" in _metrics(out)["files"]
     m = _metrics(out)
     s = m["settings"]
     assert s["method"] == "mmd" and s["n_target"] == 90 and s["d"] == 3
@@ -225,6 +232,10 @@ def test_flow_mmd_impl_choices_agree(tmp_path, capsys):
         argv = ["flow", "--method", "mmd", "--n", 48, "--steps", 3, "--impl", impl, "--out", out]
         rc, _, err = _run(capsys, *argv, "--quiet")
         assert rc == 0, err
+        # one warning line when Pallas would run in interpret mode (off a GPU)
+        interpreted = impl == "pallas" and jax.default_backend() != "gpu"
+        assert err == ("" if not interpreted else err.splitlines()[0] + "\n")
+        assert ("interpret mode" in err) == interpreted
         s = _metrics(out)["settings"]
         assert (s["impl"], s["impl_resolved"]) == (impl, impl)
         runs[impl] = (np.load(out / "particles.npy"), _metrics(out)["history"]["mmd2"])
@@ -286,6 +297,40 @@ def test_bad_input_one_line_error_and_no_output(tmp_path, capsys, case):
     assert not out.exists() and not out.parent.exists()
 
 
+def _bad_files(tmp_path):
+    import pickle
+
+    np.savez(tmp_path / "arch.npz", x=np.zeros((5, 2)))
+    (tmp_path / "arch.npz").rename(tmp_path / "npz.npy")
+    (tmp_path / "dir.npy").mkdir()
+    (tmp_path / "text.npy").write_text("1 2\n3 4\n")
+    np.save(tmp_path / "obj.npy", np.array([[1.0, None]], dtype=object), allow_pickle=True)
+    (tmp_path / "pickle.npy").write_bytes(pickle.dumps([[1.0, 2.0]]))
+    np.save(tmp_path / "three.npy", np.zeros((4, 2, 2)))
+    return {
+        "npz.npy": ".npz archive",
+        "dir.npy": "is a directory",
+        "text.npy": "is not a .npy file",
+        "obj.npy": "object array",
+        "pickle.npy": "pickled Python object",
+        "three.npy": "expected a 2-D array",
+    }
+
+
+@pytest.mark.parametrize(
+    "name", ["npz.npy", "dir.npy", "text.npy", "obj.npy", "pickle.npy", "three.npy"]
+)
+def test_bad_point_files_are_one_line_errors(tmp_path, capsys, name):
+    needle = _bad_files(tmp_path)[name]
+    out = tmp_path / "out"
+    for option in ("--source", "--target"):
+        rc, stdout, err = _run(capsys, "flow", option, tmp_path / name, "--out", out)
+        lines = err.strip().splitlines()
+        assert rc == 2 and stdout == "" and len(lines) == 1, err
+        assert lines[0].startswith(f"mmdflow: error: {option} ") and needle in lines[0]
+        assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "args",
     [["--source", "no-such-image"], ["--target", "missing.png"], ["--reg", "-1"]],
@@ -315,14 +360,15 @@ def test_failure_during_run_leaves_nothing(tmp_path, capsys, monkeypatch):
 
 
 def test_diverging_flow_is_an_error(tmp_path, capsys, monkeypatch):
+    # a run that returns non-finite particles without flagging them: no outputs at all
+    # (flows.run itself stops at the last finite state: tests/test_flow_resume.py)
     from mmdflow import flows
 
-    def nan_run(stepper, x0, y, *, num_steps, key, record_trajectory, **kwargs):
-        state = stepper.init(x0, key)
-        x = np.full(x0.shape, np.nan, np.float32)
-        hist = {"step": np.array([0, num_steps]), "mmd2": np.array([1.0, np.nan])}
-        hist["trajectory"] = np.stack([x0, x])
-        return state._replace(x=x), hist
+    def nan_run(stepper, x0, y, *, state, record_trajectory, **kwargs):
+        x = np.full(state.x.shape, np.nan, np.float32)
+        hist = {"step": np.array([0, 2]), "mmd2": np.array([1.0, np.nan])}
+        hist["trajectory"] = np.stack([np.asarray(state.x), x])
+        return state._replace(x=x, count=state.count + 2), hist
 
     monkeypatch.setattr(flows, "run", nan_run)
     out = tmp_path / "out"
@@ -336,16 +382,19 @@ def test_interrupt_stops_at_a_safe_point_and_cleans_up(tmp_path, capsys, monkeyp
 
     from mmdflow import flows
 
-    def interrupted_run(stepper, x0, y, *, callback, **kwargs):
+    def interrupted_run(stepper, x0, y, *, state, on_chunk, **kwargs):
         signal.raise_signal(signal.SIGINT)  # only recorded by the CLI's handler ...
-        callback(1, {"mmd2": 1.0})  # ... and raised here, between chunks
+        on_chunk(1, state, lambda: {})  # ... and raised here, between chunks
         raise AssertionError("not reached")
 
     monkeypatch.setattr(flows, "run", interrupted_run)
     out = tmp_path / "out"
     rc, _, err = _run(capsys, "flow", "--n", 20, "--steps", 2, "--out", out)
-    assert rc == 130 and "interrupted" in err
-    assert not out.exists() and _leftovers(tmp_path) == []
+    assert rc == 130 and "interrupted" in err and "--resume" in err
+    assert len(err.strip().splitlines()) == 1
+    # the checkpoint of the last chunk, nothing else
+    assert sorted(p.name for p in out.iterdir()) == [cli.MARKER, "checkpoint.npz"]
+    assert _leftovers(tmp_path) == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
@@ -387,6 +436,16 @@ def test_progress_bar():
     bar.update(10, {"mmd2": 0.1})
     bar.close()
     assert quiet.getvalue() == ""
+
+
+def test_mmd2_change_says_higher_when_it_rose():
+    from mmdflow.cli._inputs import _fmt_change
+
+    assert _fmt_change(0.5, 1e-3) == "500x lower"
+    assert _fmt_change(0.5, 0.25) == "2.00x lower"
+    assert _fmt_change(0.4766, 0.958) == "2.01x higher"
+    assert _fmt_change(1e-3, 0.5) == "500x higher"
+    assert _fmt_change(0.5, 0.0) == "n/a"
 
 
 def test_resolve_num_features():

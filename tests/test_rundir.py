@@ -131,9 +131,9 @@ def test_train_resume_keeps_user_files(tmp_path, capsys):
 def test_sigterm_exit_code(tmp_path, capsys, monkeypatch):
     from mmdflow import flows
 
-    def terminated_run(stepper, x0, y, *, callback, **kwargs):
+    def terminated_run(stepper, x0, y, *, state, on_chunk, **kwargs):
         signal.raise_signal(signal.SIGTERM)  # recorded by the CLI's handler ...
-        callback(1, {"mmd2": 1.0})  # ... and raised at the next safe point
+        on_chunk(1, state, lambda: {})  # ... and raised at the next safe point
         raise AssertionError("not reached")
 
     monkeypatch.setattr(flows, "run", terminated_run)

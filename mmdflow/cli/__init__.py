@@ -105,12 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as e:
         _error(str(e))
         return e.code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         import signal
 
         code = _SIGNALS.exit_code
         name = signal.Signals(code - 128).name
-        print(f"\nmmdflow: interrupted ({name})", file=sys.stderr)
+        note = e.args[0] if e.args and isinstance(e.args[0], str) else ""  # e.g. how to resume
+        print(f"\nmmdflow: interrupted ({name}){note}", file=sys.stderr)
         return code
     except BrokenPipeError:  # stdout closed early (`mmdflow ... | head`): not an error of ours
         with contextlib.suppress(OSError):

@@ -16,7 +16,7 @@ from mmdflow.cli._common import (
 )
 from mmdflow.cli._inputs import (
     _features_note,
-    _fmt_ratio,
+    _fmt_change,
     _kernel_mmd2_f64,
     _make_kernel,
     _median_bandwidth,
@@ -244,11 +244,10 @@ def _cmd_color_transfer(args) -> int:
             "files": ["recolored.png", "comparison.png", "mmd.png", "metrics.json"],
         }
         _write_json(tmp / "metrics.json", metrics)
-    s = metrics["summary"]
     print(
         f"mmdflow color-transfer: {args.source} recolored with {args.target}'s colors "
         f"({src.shape[1]}x{src.shape[0]} px): pixel MMD^2 {held_start:.3e} -> {held_end:.3e} "
-        f"({_fmt_ratio(s['mmd2_pixels_reduction'])} lower), "
+        f"({_fmt_change(held_start, held_end)}), "
         f"{metrics['timings']['total_s']:.1f}s; pictures: {out / 'recolored.png'}, "
         f"{out / 'comparison.png'}",
         flush=True,

@@ -43,16 +43,18 @@ def _strip_spec(msg: str, prefix: str, spec: str) -> str:
     return msg
 
 
-def _load_points(option: str, spec: str, n: int, seed: int) -> np.ndarray:
+def _load_points(option: str, spec: str, n: int, seed: int, *, indices: bool = False):
+    """``data.load_points`` with one-line :class:`CLIError` s; ``indices``: also the rows kept."""
     from mmdflow import data
 
     try:
-        pts = data.load_points(spec, n, seed)
+        pts, rows = data.load_points(spec, n, seed, return_indices=True)
     except (ValueError, ImportError, OSError) as e:
         raise CLIError(f"{option} {spec!r}: {_strip_spec(str(e), 'load_points: ', spec)}") from None
     if pts.shape[0] < 2:
         raise CLIError(f"{option} {spec!r}: needs at least 2 points; got shape {pts.shape}")
-    return np.ascontiguousarray(pts, dtype=np.float32)
+    pts = np.ascontiguousarray(pts, dtype=np.float32)
+    return (pts, rows) if indices else pts
 
 
 def _median_bandwidth(x: np.ndarray, y: np.ndarray, option: str = "--source/--target") -> float:
@@ -134,3 +136,11 @@ def _reduction(start: float, end: float) -> float | None:
 
 def _fmt_ratio(r: float | None) -> str:
     return "n/a" if r is None else f"{r:,.0f}x" if r >= 10 else f"{r:.2f}x"
+
+
+def _fmt_change(start: float, end: float) -> str:
+    """How MMD^2 changed from ``start`` to ``end``: ``"120x lower"`` or ``"2.01x higher"``."""
+    r = _reduction(start, end)
+    if r is None:
+        return "n/a"
+    return f"{_fmt_ratio(r)} lower" if r >= 1 else f"{_fmt_ratio(1 / r)} higher"
