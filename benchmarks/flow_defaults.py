@@ -114,7 +114,7 @@ def sobolev_default() -> dict:
         step=cli.SOBOLEV_STEP_SIZE,
         reg=cli.SOBOLEV_REG,
         normalize=False,
-        max_move=None,
+        max_move=cli.SOBOLEV_MAX_MOVE,
     )
 
 

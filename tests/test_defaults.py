@@ -74,21 +74,23 @@ def test_default_max_move_is_a_fraction_of_the_bandwidth():
 # --------------------------------------------------------------------------- far source
 
 
+@pytest.mark.slow
 def test_far_source_3d_cli_leaves_no_particle_behind_or_flung(tmp_path, capsys):
-    """Issue 13: 300 points, N(0, I) -> N(2, I) in 3-D, CLI defaults (here 150 steps).
+    """Issue 13: 300 points, N(0, I) -> N(2, I) in 3-D, CLI defaults (here 100 steps).
 
     Before the fix, the first step flung 12 particles of the source's leading edge to
     radius 15-30 (the narrow mixture components' critic gradient ~ 1/q there), where
     every kernel term vanishes: MMD^2 stalled at ~170x lower with 12 particles > 2
     target spacings from any target sample. With the step capped at
-    ``SOBOLEV_MAX_MOVE * bandwidth`` none is, and MMD^2 falls > 1000x in 150 steps.
+    ``SOBOLEV_MAX_MOVE * bandwidth`` none is (the farthest: 0.4 spacings), and MMD^2 falls
+    1,600x in 100 steps (143x in 150 without the cap).
     """
     x0, y = _far_source(300, 3)
     src, tgt, out = tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "out"
     np.save(src, x0)
     np.save(tgt, y)
     rc = cli.main(
-        ["flow", "--source", str(src), "--target", str(tgt), "--steps", "150"]
+        ["flow", "--source", str(src), "--target", str(tgt), "--steps", "100"]
         + ["--out", str(out), "--quiet"]
     )
     assert rc == 0, capsys.readouterr().err
@@ -97,7 +99,7 @@ def test_far_source_3d_cli_leaves_no_particle_behind_or_flung(tmp_path, capsys):
     spacing = _nearest(_far_source(300, 3, seed=1)[1], y).max()  # the target's own gaps
     gap = _nearest(x, y) / spacing
     assert gap.max() < 2.0, np.sort(gap)[-5:]
-    assert m["summary"]["mmd2_reduction"] > 1000
+    assert m["summary"]["mmd2_reduction"] > 500
     assert m["settings"]["max_move"] == pytest.approx(C.SOBOLEV_MAX_MOVE)
 
 
@@ -130,13 +132,38 @@ def test_far_source_library_defaults(d):
 def test_flow_defaults_benchmark_quick(tmp_path):
     bench = load_benchmark("flow_defaults")
     out = tmp_path / "d.json"
-    res = bench.main(
-        ["--quick", "--cases", "far3d", "--configs", "old", "default", "--out", str(out)]
-    )
+    res = bench.main(["--quick", "--cases", "far3d", "--configs", "default", "--out", str(out)])
     assert json.loads(out.read_text())["metadata"]["schema"] == bench.SCHEMA
     recs = res["records"]
-    assert [(r["case"], r["setting"]) for r in recs] == [("far3d", "old"), ("far3d", "default")]
-    assert recs[0]["config"]["max_move"] is None
-    assert recs[1]["config"]["max_move"] == C.SOBOLEV_MAX_MOVE
+    assert [(r["case"], r["setting"]) for r in recs] == [("far3d", "default")]
+    assert recs[0]["config"]["max_move"] == C.SOBOLEV_MAX_MOVE
+    assert bench.settings_for("sobolev", "old", {})["max_move"] is None
     assert all(np.isfinite(r["mmd2_end"]) and r["reduction"] > 1 for r in recs)
     assert "| far3d | default |" in bench.markdown_table(res["summary"])
+
+
+# --------------------------------------------------------------------------- neural
+
+
+@pytest.mark.slow
+def test_neural_letter_cli_defaults_do_not_stall(tmp_path, capsys):
+    """Issue 13: ``--method neural-sobolev --target letter`` stalled at 12x (1000 points).
+
+    The critic is normalised, so particles move at about ``step_size`` per step until the
+    end; with ``NEURAL_STEP_FACTOR = 0.025`` that jitter stalls MMD^2 (here, 300 points and
+    150 steps: 16x lower). With 0.005: 38x, still decreasing.
+    """
+    pytest.importorskip("mmdflow.neural")
+    out = tmp_path / "out"
+    rc = cli.main(
+        ["flow", "--method", "neural-sobolev", "--target", "letter", "--n", "300"]
+        + ["--steps", "150", "--out", str(out), "--quiet"]
+    )
+    assert rc == 0, capsys.readouterr().err
+    m = json.loads((out / "metrics.json").read_text())
+    mmd2 = np.asarray(m["history"]["mmd2"])
+    assert m["summary"]["mmd2_reduction"] > 25
+    assert mmd2[-1] <= 1.2 * mmd2.min()
+    assert m["settings"]["step_size"] == pytest.approx(
+        C.NEURAL_STEP_FACTOR * m["settings"]["bandwidth"]
+    )
