@@ -23,6 +23,7 @@ __all__ = [
     "pca_projection",
     "select_snapshots",
     "plot_flow",
+    "plot_samples",
     "plot_history",
     "plot_color_transfer",
 ]
@@ -213,6 +214,83 @@ def plot_flow(
         fig.suptitle(title, fontsize=10, y=top + 0.5 / fig.get_figheight(), va="bottom")
     fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.08)
     return idx
+
+
+def plot_samples(
+    samples: np.ndarray,
+    target: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    images: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draws generated samples over target samples and saves a PNG.
+
+    ``d == 1`` is drawn as histograms, ``d == 2`` as a scatter plot, and ``d > 2`` as
+    a scatter plot on the two principal axes of the target (:func:`pca_projection`).
+    With ``images``, the first 64 samples are drawn instead as 8x8 grey images
+    (``d == 64``, values in ``[0, 1]``, row-major like scikit-learn's digits).
+
+    Args:
+        samples: ``[n, d]`` generated samples.
+        target: ``[m, d]`` target samples.
+        path: Output file (PNG).
+        title: Optional figure title.
+        images: Draw 8x8 images (needs ``d == 64``).
+
+    Returns:
+        ``(samples2, target2)``: the coordinates drawn, ``[n, min(d, 2)]`` and
+        ``[m, min(d, 2)]`` (the inputs themselves for ``images``).
+    """
+    s = np.asarray(samples, dtype=np.float64)
+    t = np.asarray(target, dtype=np.float64)
+    if s.ndim != 2 or t.ndim != 2 or s.shape[1] != t.shape[1] or not len(s) or not len(t):
+        raise ValueError(
+            f"plot_samples: expected non-empty samples [n, d] and target [m, d]; got {s.shape} "
+            f"and {t.shape}."
+        )
+    d = t.shape[1]
+    if images:
+        if d != 64:
+            raise ValueError(f"plot_samples: `images` needs d == 64 (8x8); got d = {d}.")
+        fig = _figure(6, 6)
+        axs = fig.subplots(8, 8)
+        for ax in axs.ravel():
+            ax.axis("off")
+        for ax, img in zip(axs.ravel(), s[:64], strict=False):
+            ax.imshow(img.reshape(8, 8), cmap="gray_r", vmin=0, vmax=1)
+        if title:
+            fig.suptitle(f"{title}\n(generated 8x8 images)", fontsize=10)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        return s, t
+    if d > 2:
+        mean, axes = pca_projection(t)
+        s, t = (s - mean) @ axes, (t - mean) @ axes
+        xlabel, ylabel = "PC 1 (of the target)", "PC 2 (of the target)"
+    else:
+        xlabel, ylabel = ("x", "density") if d == 1 else ("x1", "x2")
+    fig = _figure(5, 5)
+    ax = fig.subplots()
+    lim = _limits([s, t], min(d, 2))
+    if d == 1:
+        bins = np.linspace(lim[0][0], lim[0][1], 60)
+        ax.hist(t[:, 0], bins=bins, density=True, color=_TARGET_COLOR, label="target")
+        kw = {"histtype": "step", "color": _PARTICLE_COLOR, "lw": 1.5, "label": "generated"}
+        ax.hist(s[:, 0], bins=bins, density=True, **kw)
+        ax.legend(loc="upper right", fontsize=8)
+    else:
+        ax.scatter(t[:, 0], t[:, 1], s=2, c=_TARGET_COLOR, linewidths=0, label="target")
+        ax.scatter(s[:, 0], s[:, 1], s=2, c=_PARTICLE_COLOR, linewidths=0, label="generated")
+        ax.set_xlim(lim[0])
+        ax.set_ylim(lim[1])
+        ax.set_aspect("equal", adjustable="box")
+        ax.legend(loc="upper right", fontsize=8, markerscale=3)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return s, t
 
 
 def _log_series(ax, steps, values, label, color):
