@@ -183,8 +183,12 @@ class NeuralSobolevDescent:
       critic_steps: critic updates per particle step (``n_c``; fewer means more
         "early stopping" and a smoother, less converged critic). Default 10.
       step_size: particle step ``> 0`` or a schedule ``count -> value``. With the
-        constraint active the mean particle speed is about ``step_size``; keep it
-        a few percent of the data scale. Default 0.05.
+        constraint active the mean particle speed is about ``step_size`` even at
+        convergence, so it is also the jitter left at the end: keep it below the finest
+        length scale to be matched. Default 0.05. ``mmdflow flow`` uses 0.005 x the
+        median bandwidth: 0.025 x stalled MMD^2 on letter at 12x lower, while 0.005 x
+        reaches 122x there and crosses a far source's gap in 500 steps (0.0025 x does
+        not; ``benchmarks/RESULTS.md``, "Flow defaults").
       rho: augmented-Lagrangian penalty weight and multiplier learning rate,
         ``>= 0`` (or a schedule). Default 0.01. With per-sample gradients and
         Adam(1e-3), ``rho >= 0.1`` lets ``lam`` outrun the critic and oscillate
