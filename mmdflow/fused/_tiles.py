@@ -15,6 +15,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from mmdflow.kernels import HIGHEST
+from mmdflow.kernels._base import gemm_zero_tol
 
 _DN_00 = (((0,), (0,)), ((), ()))  # contract the leading dims: a[k, p] . b[k, q] -> [p, q]
 _DN_11 = (((1,), (1,)), ((), ()))  # contract the trailing dims: a[p, k] . b[q, k] -> [p, q]
@@ -101,13 +102,18 @@ class _Pairs:
         else:
             yn = blk.cn_ref[pl.ds(cs, g.bc)]
             xy = _dot_all(blk.r_ref, (), blk.start, g.br, blk.c_ref, (), cs, g.bc, g)
-            s = jnp.maximum(blk.xn[:, None] + yn[None, :] - 2.0 * xy, 0.0)
+            # exact 0 within the GEMM form's rounding bound (coincident points), as in sqdist
+            t = blk.xn[:, None] + yn[None, :]
+            s = t - 2.0 * xy
+            s = jnp.where(s > gemm_zero_tol(g.dk * g.nck, s.dtype) * t, s, jnp.zeros_like(s))
         self.s = s
 
     def diff_sum(self, p):
         """``sum_q p[r, q] (x_r - y_q)``."""
         if self.g.direct:
             return tuple(jnp.sum(p * da, axis=1) for da in self.diffs)
+        # coincident pairs (s == 0, exact) contribute p (x_r - y_q) = 0: drop their GEMM residue
+        p = jnp.where(self.s == 0, jnp.zeros_like(p), p)
         yc = _chunk(self.blk.c_ref, (), self.blk.dc, self.cs, self.g.bc, self.g)
         rs = jnp.sum(p, axis=1)
         return self.blk.xr * rs[None, :] - lax.dot_general(yc, p, _DN_11, precision=HIGHEST)
@@ -128,7 +134,8 @@ class _Pairs:
                 out = out + h[:, None] * da
             return out
         blk, g = self.blk, self.g
-        return hx[:, None] - _dot_all(h_ref, lead, blk.start, g.br, blk.c_ref, (), self.cs, g.bc, g)
+        out = hx[:, None] - _dot_all(h_ref, lead, blk.start, g.br, blk.c_ref, (), self.cs, g.bc, g)
+        return jnp.where(self.s == 0, jnp.zeros_like(out), out)  # x_r = y_q exactly
 
     def col_dot(self, h_ref, lead, hy):
         """``h_q . (y_q - x_r)`` ``[br, bc]`` for per-column vectors; ``hy = h_q . y_q``."""
@@ -139,7 +146,8 @@ class _Pairs:
             for h, da in zip(hc[1:], self.diffs[1:], strict=True):
                 out = out + h[None, :] * da
             return -out
-        return hy[None, :] - _dot_all(blk.r_ref, (), blk.start, g.br, h_ref, lead, self.cs, g.bc, g)
+        out = hy[None, :] - _dot_all(blk.r_ref, (), blk.start, g.br, h_ref, lead, self.cs, g.bc, g)
+        return jnp.where(self.s == 0, jnp.zeros_like(out), out)  # x_r = y_q exactly
 
 
 def _store_vec(ref, lead, blk: _Block, v):

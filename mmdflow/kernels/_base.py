@@ -65,12 +65,40 @@ def _pytree(data: tuple[str, ...] = (), meta: tuple[str, ...] = ()):
     return wrap
 
 
+def gemm_zero_tol(d: int, dtype) -> float:
+    """Relative rounding bound of the GEMM distance form in ``d`` dimensions: ``(d + 2) eps``.
+
+    ``s = (|x|^2 + |y|^2) - 2 x.y``, each dot product a sum of ``d`` terms, has an absolute
+    error of at most ``~(2 gamma_d + 2 u) (|x|^2 + |y|^2)`` at coincident points
+    (``gamma_d = d u``, ``u = eps / 2``), whatever the summation order. A computed ``s`` at
+    or below ``gemm_zero_tol * (|x|^2 + |y|^2)`` is therefore indistinguishable from 0 and
+    is set to exactly 0: coincident points get distance 0 (no ``sqrt`` of round-off for
+    kernels with a cusp). Pairs that close but distinct (``|x - y|^2 <= (d + 2) eps
+    (|x|^2 + |y|^2)``, norms after centring) count as coincident too.
+    """
+    return float((d + 2) * jnp.finfo(dtype).eps)
+
+
+def _clamp_gemm(t, s, d: int):
+    """``s = t - 2 x.y`` (``t = |x|^2 + |y|^2``) with values inside the rounding bound set to 0."""
+    return jnp.where(s > gemm_zero_tol(d, s.dtype) * t, s, jnp.zeros_like(s))
+
+
 def sqdist(x: jax.Array, y: jax.Array) -> jax.Array:
     """Squared Euclidean distances ``[n, m]`` between rows of ``x [n,d]`` and ``y [m,d]``.
 
-    Direct differences for ``d <= DIRECT_MAX_D``; otherwise the GEMM form with
-    ``precision=HIGHEST`` clamped at zero. Callers that can (translation-invariant
-    kernels) should centre both sets first to limit cancellation.
+    Direct differences for ``d <= DIRECT_MAX_D`` (exact at coincident points); otherwise the
+    GEMM form ``|x|^2 + |y|^2 - 2 x.y`` with ``precision=HIGHEST``, where values within its
+    rounding bound (:func:`gemm_zero_tol`) are set to exactly 0, so coincident points have
+    distance 0 at every ``d``. Callers that can (translation-invariant kernels) should centre
+    both sets first to limit cancellation.
+
+    Args:
+      x: ``[n, d]`` points.
+      y: ``[m, d]`` points.
+
+    Returns:
+      ``[n, m]`` squared distances, ``>= 0``.
     """
     if x.shape[-1] <= DIRECT_MAX_D:
         # one 2-D [n, m] difference per coordinate (fuses far better than [n, m, d])
@@ -82,7 +110,8 @@ def sqdist(x: jax.Array, y: jax.Array) -> jax.Array:
     xx = jnp.sum(x * x, axis=-1)
     yy = jnp.sum(y * y, axis=-1)
     xy = jnp.matmul(x, y.T, precision=HIGHEST)
-    return jnp.maximum(xx[:, None] + yy[None, :] - 2.0 * xy, 0.0)
+    t = xx[:, None] + yy[None, :]
+    return _clamp_gemm(t, t - 2.0 * xy, x.shape[-1])
 
 
 def _traced_guard(p, ok):
@@ -129,15 +158,41 @@ class Kernel:
     translation_invariant: bool = False
 
     def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
+        """The kernel value ``k(x, y)`` of two points.
+
+        Args:
+          x: ``[d]`` point.
+          y: ``[d]`` point.
+
+        Returns:
+          Scalar.
+        """
         raise NotImplementedError
 
     # -- block methods used by mmdflow.ops ---------------------------------
     def gram_block(self, x: jax.Array, y: jax.Array) -> jax.Array:
-        """Kernel values ``[n, m]`` for ``x [n, d]``, ``y [m, d]``."""
+        """Kernel values ``K[i, j] = k(x_i, y_j)`` of a tile.
+
+        Args:
+          x: ``[n, d]`` points.
+          y: ``[m, d]`` points.
+
+        Returns:
+          ``[n, m]`` kernel values.
+        """
         return jax.vmap(lambda xi: jax.vmap(lambda yj: self(xi, yj))(y))(x)
 
     def grad_block(self, x: jax.Array, y: jax.Array, w: jax.Array) -> jax.Array:
-        """``out[i, c, :] = sum_j w[j, c] grad_x k(x_i, y_j)`` -> ``[n, k, d]``."""
+        """``out[i, c, :] = sum_j w[j, c] grad_x k(x_i, y_j)`` (gradient in the first argument).
+
+        Args:
+          x: ``[n, d]`` points where gradients are taken.
+          y: ``[m, d]`` points.
+          w: ``[m, k]`` weights (``k`` sums at once).
+
+        Returns:
+          ``[n, k, d]``.
+        """
 
         def row(xi):
             f = lambda xv: jnp.matmul(jax.vmap(lambda yj: self(xv, yj))(y), w, precision=HIGHEST)
@@ -146,7 +201,16 @@ class Kernel:
         return jax.vmap(row)(x)
 
     def hess_block(self, x: jax.Array, y: jax.Array, e: jax.Array) -> jax.Array:
-        """``out[i] = sum_j H(x_i, y_j) e_j`` with ``H[a, b] = d^2 k / dx_a dy_b`` -> ``[n, d]``."""
+        """``out[i] = sum_j H(x_i, y_j) e_j`` with the cross-Hessian ``H[a, b] = d^2 k / dx_a dy_b``.
+
+        Args:
+          x: ``[n, d]`` points.
+          y: ``[m, d]`` points.
+          e: ``[m, d]`` vectors, one per point of ``y``.
+
+        Returns:
+          ``[n, d]``.
+        """
 
         def row(xi):
             # d/dx of sum_j <grad_y k(x, y_j), e_j>, as a jvp in y then a grad in x
@@ -158,7 +222,14 @@ class Kernel:
         return jax.vmap(row)(x)
 
     def diag(self, x: jax.Array) -> jax.Array:
-        """``k(x_i, x_i)`` for ``x [n, d]`` -> ``[n]``."""
+        """The diagonal ``k(x_i, x_i)``.
+
+        Args:
+          x: ``[n, d]`` points.
+
+        Returns:
+          ``[n]``.
+        """
         return jax.vmap(lambda xi: self(xi, xi))(x)
 
     # -- combinators --------------------------------------------------------
@@ -189,11 +260,25 @@ class RadialKernel(Kernel):
     translation_invariant = True
 
     def profile(self, s: jax.Array) -> jax.Array:
-        """``phi(s)`` of the squared distance ``s``."""
+        """``phi(s)`` of the squared distance ``s``, elementwise.
+
+        Args:
+          s: squared distances ``|x - y|^2 >= 0``, any shape.
+
+        Returns:
+          Kernel values, the shape of ``s``.
+        """
         raise NotImplementedError
 
     def profile_grad(self, s: jax.Array) -> jax.Array:
-        """``phi'(s)``, finite at ``s = 0`` (zero for kernels with a cusp there)."""
+        """``phi'(s)``, finite at ``s = 0`` (zero for kernels with a cusp there).
+
+        Args:
+          s: squared distances, any shape.
+
+        Returns:
+          ``d phi / d s``, the shape of ``s``.
+        """
         raise NotImplementedError
 
     def profile_hess(self, s: jax.Array) -> jax.Array:
@@ -201,6 +286,12 @@ class RadialKernel(Kernel):
 
         Default: the element-wise derivative of ``profile_grad`` (one ``jvp``), so a
         subclass defining only ``profile`` and ``profile_grad`` still gets :meth:`hess_block`.
+
+        Args:
+          s: squared distances, any shape.
+
+        Returns:
+          ``d^2 phi / d s^2``, the shape of ``s``.
         """
         return jax.jvp(self.profile_grad, (s,), (jnp.ones_like(s),))[1]
 
@@ -212,7 +303,8 @@ class RadialKernel(Kernel):
         return self.profile(sqdist(x, y))
 
     def grad_block(self, x, y, w):
-        g = self.profile_grad(sqdist(x, y))  # [n, m]
+        s = sqdist(x, y)
+        g = self.profile_grad(s)  # [n, m]
         n, d = x.shape
         m, k = w.shape
         if d <= DIRECT_MAX_D:
@@ -221,6 +313,10 @@ class RadialKernel(Kernel):
                 da = x[:, a, None] - y[None, :, a]  # [n, m]
                 cols.append(jnp.matmul(g * da, w, precision=HIGHEST))  # [n, k]
             return 2.0 * jnp.stack(cols, axis=-1)
+        # GEMM form x_i sum_j g_ij w_j - sum_j g_ij w_j y_j: a coincident pair (s == 0, exact
+        # by sqdist) contributes g (x_i - y_j) = 0, but its two GEMM terms would leave a
+        # rounding residue of order eps |g| |x|; drop it
+        g = jnp.where(s == 0, jnp.zeros_like(g), g)
         gw = jnp.matmul(g, w, precision=HIGHEST)  # [n, k]
         wy = (w[:, :, None] * y[:, None, :]).reshape(m, k * d)
         gwy = jnp.matmul(g, wy, precision=HIGHEST).reshape(n, k, d)
@@ -255,6 +351,7 @@ class RadialKernel(Kernel):
         s = sqdist(x, y)
         xe = jnp.matmul(x, e.T, precision=HIGHEST)  # [n, m] x_i . e_j
         q = self.profile_hess(s) * (xe - jnp.sum(y * e, axis=-1)[None, :])
+        q = jnp.where(s == 0, jnp.zeros_like(q), q)  # r_ij = 0 exactly (as in grad_block)
         g1e = jnp.matmul(self.profile_grad(s), e, precision=HIGHEST)
         qy = jnp.matmul(q, y, precision=HIGHEST)
         return -2.0 * g1e - 4.0 * (jnp.sum(q, axis=1, keepdims=True) * x - qy)
@@ -263,14 +360,32 @@ class RadialKernel(Kernel):
 class DotProductKernel(Kernel):
     """``k(x, y) = psi(x . y)``; subclasses define ``fn`` and ``fn_grad`` (``fn_hess`` optional)."""
 
-    def fn(self, t, d: int):
+    def fn(self, t: jax.Array, d: int) -> jax.Array:
+        """``psi(t)`` of the dot products ``t = x . y``, elementwise.
+
+        Args:
+          t: dot products, any shape.
+          d: the points' dimension (static; e.g. ``Polynomial``'s default scale ``1/d``).
+
+        Returns:
+          Kernel values, the shape of ``t``.
+        """
         raise NotImplementedError
 
-    def fn_grad(self, t, d: int):
+    def fn_grad(self, t: jax.Array, d: int) -> jax.Array:
+        """``psi'(t)``, elementwise (arguments as in :meth:`fn`)."""
         raise NotImplementedError
 
-    def fn_hess(self, t, d: int):
-        """``psi''(t)``; default: the element-wise derivative of ``fn_grad`` (one ``jvp``)."""
+    def fn_hess(self, t: jax.Array, d: int) -> jax.Array:
+        """``psi''(t)``; default: the element-wise derivative of ``fn_grad`` (one ``jvp``).
+
+        Args:
+          t: dot products, any shape.
+          d: the points' dimension (static).
+
+        Returns:
+          ``psi''(t)``, the shape of ``t``.
+        """
         return jax.jvp(lambda u: self.fn_grad(u, d), (t,), (jnp.ones_like(t),))[1]
 
     def __call__(self, x, y):
