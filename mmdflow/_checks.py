@@ -19,8 +19,13 @@ def shape_of(a) -> tuple:
     return tuple(np.shape(a))
 
 
-def check_points(name: str, x, *, d: int | None = None, other: str = "x", min_n: int = 1):
-    """Validates a point set ``[n, d]`` and returns it as a floating JAX array."""
+def check_points(
+    name: str, x, *, d: int | None = None, other: str = "x", min_n: int = 1, to_jax: bool = True
+):
+    """Validates a point set ``[n, d]`` and returns it as a floating JAX array.
+
+    With ``to_jax=False`` the validated input is returned as given (NumPy callers).
+    """
     if not hasattr(x, "shape"):
         x = np.asarray(x)
     if x.ndim != 2:
@@ -42,7 +47,7 @@ def check_points(name: str, x, *, d: int | None = None, other: str = "x", min_n:
             f"`{name}` has dimension d={x.shape[1]} but `{other}` has d={d}: "
             f"shapes {shape_of(x)} vs [*, {d}]."
         )
-    return jnp.asarray(x)
+    return jnp.asarray(x) if to_jax else x
 
 
 def check_weights(name: str, w, n: int, points: str):

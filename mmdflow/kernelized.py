@@ -109,19 +109,19 @@ def _psd_sqrt(n):
 
 def direction(
     gen_fn: Callable[[Any, jax.Array], jax.Array],
-    params,
+    params: Any,
     z: jax.Array,
     y: jax.Array,
     k: Kernel,
-    reg=0.1,
+    reg: float | jax.Array = 0.1,
     *,
     kind: str = "kernelized",
     cg_tol: float = 1e-5,
     cg_maxiter: int = 100,
     solver: str = "auto",
     impl: str = "auto",
-    v0=None,
-):
+    v0: Any | None = None,
+) -> tuple[Any, dict[str, jax.Array]]:
     """Generator velocity ``theta_dot`` (a pytree like ``params``) and diagnostics.
 
     Args:

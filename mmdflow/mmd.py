@@ -252,7 +252,24 @@ def witness_grad(
     impl: str = "auto",
     block_size: int | tuple[int, int] = DEFAULT_BLOCK_SIZE,
 ) -> jax.Array:
-    """Gradient of :func:`witness` in ``z``: ``[nz, d]``. Particles move along ``+witness_grad``."""
+    """Gradient of :func:`witness` in ``z``: ``sum_j b_j grad k(z, y_j) - sum_i a_i grad k(z, x_i)``.
+
+    Particles move along ``+witness_grad``: ``d MMD^2 / d x_i = -2 a_i witness_grad(x_i)``
+    (biased estimator; ``a``, ``b`` the normalised weights).
+
+    Args:
+      z: ``[nz, d]`` evaluation points (often the particles ``x`` themselves).
+      x: ``[n, d]`` particles (model samples).
+      y: ``[m, d]`` target samples.
+      k: kernel.
+      wx: optional ``[n]`` non-negative weights of ``x`` (default uniform).
+      wy: optional ``[m]`` non-negative weights of ``y`` (default uniform).
+      impl: kernel-sum implementation (see :mod:`mmdflow.ops`).
+      block_size: tile size for the blocked (or fused) implementation.
+
+    Returns:
+      ``[nz, d]`` witness gradients in the promoted floating dtype of the inputs.
+    """
     check_kernel(k)
     z, pts, c = _witness_args(z, x, y, wx, wy)
     return kernel_grad_matvec(k, z, pts, c, impl=impl, block_size=block_size)
