@@ -157,6 +157,10 @@ def test_periodic_checkpoints(tmp_path, capsys, monkeypatch):
         (["--n", "30"], "--n 30 differs"),
         (["--target", "moons"], "--target 'moons' differs"),
         (["--impl", "dense"], "--impl 'dense' differs"),
+        (["--devices", "1"], "--devices 1 differs from the run in"),
+        (["--noise", "0.1"], "--noise 0.1 differs from the run in"),
+        (["--bandwidth", "1.0"], "--bandwidth 1.0 differs from the run in"),
+        (["--reg", "0.1"], "--reg 0.1 differs from the run in"),
     ],
 )
 def test_resume_refuses_changed_options(tmp_path, capsys, change, needle, sobolev_runs):
