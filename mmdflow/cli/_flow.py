@@ -74,9 +74,13 @@ def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int, mesh=None
         extra = {}
         if mesh is not None and nf is None:
             stepper = sharding.ShardedKernelSobolevDescent(
-                kernel, mesh, step_size=step, reg=reg / bandwidth**2
+                kernel,
+                mesh,
+                step_size=step,
+                reg=reg / bandwidth**2,
+                max_move=SOBOLEV_MAX_MOVE * bandwidth,
             )
-            extra = {"solver": "cg (sharded exact critic)", "max_move": None}
+            extra = {"solver": "cg (sharded exact critic)"}
         else:
             stepper = flows.KernelSobolevDescent(
                 kernel,

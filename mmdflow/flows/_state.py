@@ -61,19 +61,30 @@ def _kinetic(dx, a, step_size):
     return jnp.dot(a, jnp.sum(dx * dx, axis=1)) / step_size
 
 
-def _sobolev_move(state: FlowState, v, critic, eps, normalize: bool):
+def _sobolev_move(state: FlowState, v, critic, eps, normalize: bool, max_move=None):
     """Particle displacement ``dx = eps v`` along a Sobolev critic's gradient ``v`` and its aux.
 
     ``critic`` provides ``discrepancy_sq`` and ``mmd2``; with ``normalize`` the critic is
-    the unit-Sobolev-ball one (``v / sqrt(delta^T u)``). Shared by the sharded stepper.
+    the unit-Sobolev-ball one (``v / sqrt(delta^T u)``); ``max_move`` (a value, not a
+    schedule) caps each particle's displacement (:func:`_cap_rows`). Shared by the
+    sharded stepper.
     """
     disc2 = critic.discrepancy_sq
     if normalize:
         v = v / jnp.sqrt(jnp.maximum(disc2, jnp.finfo(v.dtype).tiny))
     dx = (eps * v).astype(state.x.dtype)
+    if max_move is not None:
+        dx = _cap_rows(dx, max_move)
     aux = {
         "kinetic": _kinetic(dx, state.wx, eps),
         "critic": jnp.sqrt(jnp.maximum(disc2, 0.0)),
         "mmd2_critic": critic.mmd2,
     }
     return dx, aux
+
+
+def _cap_rows(dx, cap):
+    """``dx`` with every row longer than ``cap`` shortened to length ``cap``."""
+    norm = jnp.sqrt(jnp.sum(dx * dx, axis=1, keepdims=True))
+    scale = jnp.minimum(1.0, cap / jnp.maximum(norm, jnp.finfo(dx.dtype).tiny))
+    return (dx * scale).astype(dx.dtype)

@@ -204,19 +204,10 @@ class KernelSobolevDescent:
         eps = schedule_value(self.step_size, state.count)
         state, c = self.fit_critic(state, y, wy)
         v = c.grad(state.x) if self.num_features is not None else c.grad_at_x
-        dx, aux = _sobolev_move(state, v, c, eps, self.normalize)
-        if self.max_move is not None:
-            dx = _cap_rows(dx, schedule_value(self.max_move, state.count))
-            aux = {**aux, "kinetic": _kinetic(dx, state.wx, eps)}
+        cap = None if self.max_move is None else schedule_value(self.max_move, state.count)
+        dx, aux = _sobolev_move(state, v, c, eps, self.normalize, cap)
         new = state._replace(x=state.x + dx, count=state.count + 1)
         return new, aux
-
-
-def _cap_rows(dx, cap):
-    """``dx`` with every row longer than ``cap`` shortened to length ``cap``."""
-    norm = jnp.sqrt(jnp.sum(dx * dx, axis=1, keepdims=True))
-    scale = jnp.minimum(1.0, cap / jnp.maximum(norm, jnp.finfo(dx.dtype).tiny))
-    return (dx * scale).astype(dx.dtype)
 
 
 def _rff_state(rff, dtype):

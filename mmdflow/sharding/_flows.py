@@ -170,6 +170,8 @@ class ShardedKernelSobolevDescent(_PaddedShardedFlow):
       step_size: ``> 0`` or a schedule.
       reg: ridge ``> 0`` or a schedule.
       normalize: use the unit-Sobolev-ball critic ``u / sqrt(delta^T u)``.
+      max_move: ``None`` or a cap ``> 0`` (or a schedule) on each particle's move per
+        step, as in :class:`~mmdflow.flows.KernelSobolevDescent`.
       cg_tol, cg_maxiter: CG stopping rule.
       strategy: ``"allgather"`` or ``"ring"``.
       block_size: tile size of the local blocked sums.
@@ -181,6 +183,7 @@ class ShardedKernelSobolevDescent(_PaddedShardedFlow):
     step_size: Any = 1.0
     reg: Any = 0.1
     normalize: bool = False
+    max_move: Any = None
     cg_tol: float = 1e-6
     cg_maxiter: int = 200
     strategy: str = "allgather"
@@ -192,6 +195,7 @@ class ShardedKernelSobolevDescent(_PaddedShardedFlow):
             self.kernel,
             step_size=self.step_size,
             reg=self.reg,
+            max_move=self.max_move,
             cg_tol=self.cg_tol,
             cg_maxiter=self.cg_maxiter,
         )
@@ -210,7 +214,8 @@ class ShardedKernelSobolevDescent(_PaddedShardedFlow):
         """One step ``x <- x + step_size * grad f(x)`` (``f`` the exact Sobolev critic)."""
         eps = schedule_value(self.step_size, state.count)
         c = self.critic(state, y, wy)
-        dx, aux = _sobolev_move(state, c.grad_at_x, c, eps, self.normalize)
+        cap = None if self.max_move is None else schedule_value(self.max_move, state.count)
+        dx, aux = _sobolev_move(state, c.grad_at_x, c, eps, self.normalize, cap)
         x = _constrain(state.x + dx, self.mesh, self.axis)
         return state._replace(x=x, count=state.count + 1), aux
 
