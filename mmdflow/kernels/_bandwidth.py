@@ -42,25 +42,24 @@ def _median_numpy(x, y, max_points):
 def median_bandwidth(x: jax.Array, y: jax.Array | None = None, *, max_points: int = 2000):
     """Median heuristic: the median pairwise Euclidean distance of the pooled points.
 
-        Pairs ``i < j`` of ``[x; y]`` are used (no zero self-distances). Above
-        ``max_points`` pooled points an evenly spaced deterministic subsample is used.
-        Jit-able; the result is a scalar to pass as ``Gaussian(bandwidth=...)``. Concrete
-        inputs are computed in float64 NumPy (no compilation: about 0.1 s for 2,000 points);
-        traced ones (under ``jit``) with the same pairs in JAX.
+    Pairs ``i < j`` of ``[x; y]`` are used (no zero self-distances). Above
+    ``max_points`` pooled points an evenly spaced deterministic subsample is used.
+    Jit-able; the result is a scalar to pass as ``Gaussian(bandwidth=...)``. Concrete
+    inputs are computed in float64 NumPy (no compilation: about 0.1 s for 2,000 points);
+    traced ones (under ``jit``) with the same pairs in JAX.
 
-        Args:
-          x: ``[n, d]`` points.
-          y: optional ``[m, d]`` points pooled with ``x``.
-          max_points: subsample size bound (static).
+    Args:
+      x: ``[n, d]`` points.
+      y: optional ``[m, d]`` points pooled with ``x``.
+      max_points: subsample size bound (static).
 
-        Returns:
-          Scalar median distance (NaN if any input is NaN).
+    Returns:
+      Scalar median distance (NaN if any input is NaN).
 
-        Example:
-          >>> import jax.numpy as jnp
-    import numpy as np
-          >>> float(median_bandwidth(jnp.array([[0.0], [1.0], [3.0]])))
-          2.0
+    Example:
+      >>> import jax.numpy as jnp
+      >>> float(median_bandwidth(jnp.array([[0.0], [1.0], [3.0]])))
+      2.0
     """
     concrete = is_concrete(x) and (y is None or is_concrete(y))
     x = check_points("x", x, min_n=1, to_jax=not concrete)
