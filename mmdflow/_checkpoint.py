@@ -58,6 +58,12 @@ def save(path: str | os.PathLike, tree: Any, meta: dict | None = None, **extra: 
         raise
 
 
+def read_meta(path: str | os.PathLike) -> dict:
+    """The ``meta`` of a :func:`save` file, without restoring its arrays."""
+    with np.load(os.fspath(path)) as f:
+        return json.loads(str(f["meta"]))
+
+
 def load(path: str | os.PathLike, like: Any) -> tuple[Any, dict]:
     """Restores a :func:`save` file into the structure, dtypes and key types of ``like``.
 

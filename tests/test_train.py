@@ -112,3 +112,104 @@ def test_bad_trainer_input(kw, match):
     args = {"kind": "kernelized", "reg": 0.1, "batch_size": 8, **kw}
     with pytest.raises(ValueError, match=match):
         train.GeneratorTrainer(gen, optax.sgd(0.1), kernels.Gaussian(1.0), **args)
+
+
+def _fit_args(tr):
+    return {"y_eval": _target(seed=1), "eval_every": 2, "eval_samples": 100}
+
+
+def test_fit_continues_a_saved_history_exactly(tmp_path):
+    tr = _trainer()
+    y = _target()
+    straight, h_full = tr.fit(tr.init(jax.random.key(3)), y, 5, **_fit_args(tr))
+    part, h3 = tr.fit(tr.init(jax.random.key(3)), y, 3, **_fit_args(tr))
+    path = tmp_path / "c.npz"
+    train.save_checkpoint(path, part, {"steps": 3}, history=h3)
+    restored, meta = train.load_checkpoint(path, tr.init(jax.random.key(0)))
+    assert meta["steps"] == 3 and int(restored.step) == 3
+    # the stored history is exact (ints stay ints), only its lists are stored
+    assert meta["history"] == {k: v for k, v in h3.items() if k != "diverged"}
+    assert isinstance(meta["history"]["eval_step"][0], int)
+    cont, h_cont = tr.fit(restored, y, 2, history=meta["history"], **_fit_args(tr))
+    for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(cont.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(jax.random.key_data(straight.key), jax.random.key_data(cont.key))
+    assert h_cont["eval_step"] == h_full["eval_step"] == [0, 2, 4]
+    for k in h_full:
+        if k != "time":
+            assert h_cont[k] == h_full[k], k
+
+
+def test_on_step_gets_every_state_and_the_history_so_far():
+    tr = _trainer()
+    seen = []
+    tr.fit(
+        tr.init(jax.random.key(0)),
+        _target(),
+        3,
+        on_step=lambda st, h: seen.append((int(st.step), len(h["step"]), list(h["eval_step"]))),
+        **_fit_args(tr),
+    )
+    assert seen == [(1, 1, [0]), (2, 2, [0, 2]), (3, 3, [0, 2])]
+
+
+def test_fit_stops_at_non_finite_parameters_with_the_last_finite_state():
+    tr = _trainer(opt=optax.sgd(0.5))
+    y = _target()
+    state = tr.init(jax.random.key(0))
+    for _ in range(2):
+        state, _ = tr.step(state, y)
+    # a poisoned learning rate from step 3 on: sgd's update becomes NaN
+    bad = train.GeneratorTrainer(
+        tr.generator,
+        optax.sgd(lambda count: jnp.where(count >= 2, jnp.nan, 0.5)),
+        tr.kernel,
+        reg=0.05,
+        batch_size=32,
+    )
+    state = bad.init(jax.random.key(0))
+    s, h = bad.fit(state, y, 6, **_fit_args(bad))
+    assert h["diverged"]["kind"] == "non-finite" and h["diverged"]["step"] == 3
+    assert "non-finite parameters after step 3" in h["diverged"]["reason"]
+    assert int(s.step) == 2 and h["step"] == [1, 2] and h["eval_step"] == [0, 2]
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(s.params))
+    # only recorded, not stopped
+    s, h = bad.fit(state, y, 4, stop_on_divergence=False, **_fit_args(bad))
+    assert int(s.step) == 4 and h["diverged"]["step"] == 3
+    assert not np.isfinite(h["eval_mmd2"][-1])
+
+
+def test_fit_stops_when_held_out_mmd_rises():
+    # the target is the generator's own output, so the first MMD^2 is near its floor, and
+    # gradient *ascent* (sgd with a negative rate) drives it up
+    gen = train.MLPGenerator(2, 2, (16, 16), rngs=nnx.Rngs(0))
+    y = gen(jax.random.normal(jax.random.key(5), (400, 2))) + 0.3
+    tr = train.GeneratorTrainer(
+        gen, optax.sgd(-0.5), kernels.Gaussian(1.0), reg=0.05, batch_size=32
+    )
+    s, h = tr.fit(tr.init(jax.random.key(0)), y, 30, eval_every=2, eval_samples=200)
+    first, factor = h["eval_mmd2"][0], train.DIVERGENCE_FACTOR
+    assert first > 0 and h["diverged"]["kind"] == "rise", h["eval_mmd2"]
+    assert h["eval_mmd2"][-1] > factor * first >= max(h["eval_mmd2"][:-1])
+    assert h["diverged"]["step"] == h["eval_step"][-1] == int(s.step)
+    # switched off: all 30 steps
+    s, h = tr.fit(
+        tr.init(jax.random.key(0)), y, 30, eval_every=2, eval_samples=200, divergence_factor=None
+    )
+    assert int(s.step) == 30 and h["diverged"] is None
+
+
+def test_fit_stops_when_samples_leave_the_target():
+    # lr 1e6 throws the samples ~1e15 away: finite, but every kernel value underflows, the
+    # MMD^2 saturates *below* its first value and the direction is exactly zero
+    tr = _trainer(opt=optax.sgd(1e6))
+    s, h = tr.fit(tr.init(jax.random.key(0)), _target(), 10, **_fit_args(tr))
+    assert h["diverged"]["kind"] == "escaped" and h["diverged"]["step"] == 2
+    assert h["eval_mmd2"][-1] < h["eval_mmd2"][0]  # the rise test alone misses it
+    assert h["eval_overlap"][-1] < train.ESCAPE_FRACTION * h["eval_overlap"][0]
+
+
+def test_bad_divergence_factor():
+    tr = _trainer()
+    with pytest.raises(ValueError, match="divergence_factor"):
+        tr.fit(tr.init(jax.random.key(0)), _target(), 1, divergence_factor=0.5)
