@@ -410,7 +410,14 @@ class GeneratorTrainer:
         return state, hist
 
 
-def mode_coverage(samples, centers, std: float, *, radius: float = 3.0, min_count: int = 20):
+def mode_coverage(
+    samples: np.ndarray | jax.Array,
+    centers: np.ndarray | jax.Array,
+    std: float,
+    *,
+    radius: float = 3.0,
+    min_count: int = 20,
+) -> tuple[int, float]:
     """Mode coverage for mixtures: ``(modes covered, fraction of high-quality samples)``.
 
     A sample is high quality if it lies within ``radius * std`` of a center; a mode

@@ -8,6 +8,7 @@ settings), ``DIR/samples.png``, ``DIR/mmd.png`` and ``DIR/checkpoint.npz``;
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import math
 import time
@@ -215,13 +216,14 @@ def _check_resume(meta: dict, run: dict, data_sha: str, args, where: str) -> Non
             "older mmdflow?); start a new run"
         )
     may = ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE)
+    old_args = argparse.Namespace(**meta.get("args", {}))
     for key, value in run.items():
         if key == "target" and all(str(v).endswith(".npy") for v in (old.get(key), value)):
             continue  # a file may move: its data are compared below
         if key not in old or old[key] != value:
             raise CLIError(
                 f"--resume: {_option(key, value, args)} differs from the run in {where!r} "
-                f"({_option(key, old.get(key))}); only {may} may change"
+                f"({_option(key, old.get(key), old_args)}); only {may} may change"
             )
     if meta.get("target_sha256") != data_sha:
         raise CLIError(
