@@ -2,8 +2,12 @@
 
 Writes ``DIR/samples.npy`` (2000 generated samples), ``DIR/metrics.json``
 (held-out MMD^2, ``|theta_dot|``, critic value, CG iterations, time per step,
-settings), ``DIR/samples.png``, ``DIR/mmd.png`` and ``DIR/checkpoint.npz``;
-``--resume`` continues a run exactly (same result as an uninterrupted run).
+settings), ``DIR/samples.png``, ``DIR/mmd.png`` and ``DIR/checkpoint.npz`` (state, run
+options and history; also written every ``--checkpoint-every`` steps and on Ctrl-C /
+SIGTERM). ``--resume`` continues a run exactly (same result as an uninterrupted run) and
+refuses options that would change it. A run that diverges (see
+:meth:`mmdflow.train.GeneratorTrainer.fit`) stops with exit status 1, keeping its last
+checkpoint; ``metrics.json`` then says ``"status": "diverged"``.
 """
 
 from __future__ import annotations
