@@ -60,7 +60,7 @@ def save(path: str | os.PathLike, tree: Any, meta: dict | None = None, **extra: 
 
 def read_meta(path: str | os.PathLike) -> dict:
     """The ``meta`` of a :func:`save` file, without restoring its arrays."""
-    with np.load(os.fspath(path)) as f:
+    with np.load(os.fspath(path), allow_pickle=False) as f:
         return json.loads(str(f["meta"]))
 
 

@@ -13,7 +13,6 @@ checkpoint; ``metrics.json`` then says ``"status": "diverged"``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import time
 from pathlib import Path
@@ -30,7 +29,8 @@ from mmdflow.cli import (
     _positive_float,
     _write_json,
 )
-from mmdflow.cli._rundir import Checkpoints, RunDir
+from mmdflow.cli._inputs import _fmt_change
+from mmdflow.cli._rundir import Checkpoints, RunDir, fingerprint
 
 DEFAULT_LR = {"kernelized": 0.5, "param-sobolev": 0.5, "grad-penalty": 0.5, "mmd-gd": 5.0}
 #: held-out samples (at most) and generated samples written
@@ -236,15 +236,6 @@ def _check_resume(meta: dict, run: dict, data_sha: str, args, where: str) -> Non
         )
 
 
-def _change(first: float, last: float) -> str:
-    """``" (3.2x lower)"`` / ``" (1.5x higher)"``, or ``""`` when not both positive."""
-    if not (math.isfinite(first) and math.isfinite(last) and first > 0 and last > 0):
-        return ""
-    if last <= first:
-        return f" ({first / last:.3g}x lower)"
-    return f" ({last / first:.3g}x higher)"
-
-
 def cmd_train(args) -> int:
     import jax
 
@@ -261,7 +252,7 @@ def cmd_train(args) -> int:
             f"--target {args.target!r} has {len(y_all)} rows; training needs at least "
             f"{MIN_TARGET_ROWS} (a fifth is held out to measure the held-out MMD^2)"
         )
-    data_sha = hashlib.sha256(np.ascontiguousarray(y_all).tobytes()).hexdigest()
+    data_sha = fingerprint(y_all)
     y_train, y_eval = _split(y_all, args.n, args.seed)
     bandwidth = args.bandwidth or _median_bandwidth(y_train, y_eval, option="--target")
     try:
@@ -398,7 +389,8 @@ def cmd_train(args) -> int:
     first = evals[0] if evals else math.nan
     print(
         f"mmdflow train: {args.direction} on {args.target}: held-out MMD^2 {first:.3e} -> "
-        f"{metrics['final_eval_mmd2']:.3e}{_change(first, metrics['final_eval_mmd2'])} after "
+        f"{metrics['final_eval_mmd2']:.3e} ({_fmt_change(first, metrics['final_eval_mmd2'])}) "
+        "after "
         f"{int(state.step)} steps; pictures: {Path(args.out) / 'samples.png'}, "
         f"{Path(args.out) / 'mmd.png'}"
     )

@@ -268,9 +268,9 @@ def test_diverged_run_exits_1_and_keeps_the_last_checkpoint(tmp_path, capsys):
 
 
 def test_summary_says_lower_or_higher():
-    assert train_cli._change(2.0, 1.0) == " (2x lower)"
-    assert train_cli._change(1.0, 1.5) == " (1.5x higher)"
-    assert train_cli._change(1.0, -1e-4) == ""
+    assert train_cli._fmt_change(2.0, 1.0) == "2.00x lower"
+    assert train_cli._fmt_change(1.0, 1.5) == "1.50x higher"
+    assert train_cli._fmt_change(1.0, -1e-4) == "n/a"  # the unbiased estimate can be < 0
 
 
 @pytest.mark.parametrize(

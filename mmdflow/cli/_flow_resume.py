@@ -11,7 +11,6 @@ target points. ``--resume`` refuses every option that would change the run; only
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from mmdflow.cli._common import CLIError
+from mmdflow.cli._rundir import fingerprint
 
 #: options that ``--resume`` may change; every other option must match the run in DIR
 RESUMABLE = ("steps", "quiet", "checkpoint_every")
@@ -38,14 +38,6 @@ def run_args(args) -> dict[str, Any]:
     return json.loads(json.dumps({k: v for k, v in sorted(vars(args).items()) if k not in skip}))
 
 
-def fingerprint(points: np.ndarray) -> str:
-    """SHA-256 of an array's shape, dtype and bytes (the loaded source / target points)."""
-    a = np.ascontiguousarray(points)
-    h = hashlib.sha256(f"{a.shape}{a.dtype.str}".encode())
-    h.update(a.tobytes())
-    return h.hexdigest()
-
-
 def _show(v: Any) -> str:
     if v is None:
         return "default"
@@ -58,9 +50,10 @@ def read_meta(path: Path, out: str) -> dict:
     """The meta of the checkpoint ``path`` (one-line :class:`CLIError` if unusable)."""
     if not path.is_file():
         raise CLIError(f"--resume: no {CHECKPOINT} in --out {out!r} (nothing to continue)")
+    from mmdflow import _checkpoint
+
     try:
-        with np.load(path, allow_pickle=False) as f:
-            meta = json.loads(str(f["meta"]))
+        meta = _checkpoint.read_meta(path)
     except (OSError, ValueError, KeyError) as e:
         raise CLIError(f"--resume: cannot read {CHECKPOINT} in --out {out!r} ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

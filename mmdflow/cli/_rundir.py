@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -285,6 +286,16 @@ class RunDir:
             self._save_marker()
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fingerprint(points) -> str:
+    """SHA-256 of an array's shape, dtype and bytes: ``--resume`` refuses changed input data."""
+    import numpy as np
+
+    a = np.ascontiguousarray(points)
+    h = hashlib.sha256(f"{a.shape}{a.dtype.str}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def _atomic_write(path: Path, writer: Callable[[Path], None]) -> None:
