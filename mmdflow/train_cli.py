@@ -30,21 +30,14 @@ from mmdflow.cli import (
     _write_json,
 )
 from mmdflow.cli._inputs import _fmt_change
-from mmdflow.cli._rundir import Checkpoints, RunDir, fingerprint
+from mmdflow.cli._rundir import RESUMABLE, Checkpoints, RunDir, add_resume_options, fingerprint
 
 DEFAULT_LR = {"kernelized": 0.5, "param-sobolev": 0.5, "grad-penalty": 0.5, "mmd-gd": 5.0}
 #: held-out samples (at most) and generated samples written
 NUM_SAMPLES = 2000
 CHECKPOINT = "checkpoint.npz"
-#: default ``--checkpoint-every`` (steps). A checkpoint (state, history, marker update) of
-#: the default MLP costs about 4 ms against 3 ms (mmd-gd) to 16 ms (kernelized) per step on
-#: 8gaussians and 0.9 s on digits, so this is under 1.5% of the run, and a crash loses at
-#: most 100 steps (a Ctrl-C or SIGTERM always writes a checkpoint of the current step).
-CHECKPOINT_EVERY = 100
 #: the fewest target rows: a fifth (at least 20 rows) is held out for the held-out MMD^2
 MIN_TARGET_ROWS = 100
-#: the options a ``--resume`` may change (every other one would alter the run)
-RESUME_MAY_CHANGE = ("steps", "quiet", "checkpoint_every")
 
 
 def add_parser(sub) -> None:
@@ -105,21 +98,8 @@ def add_parser(sub) -> None:
     )
     t.add_argument("--eval-every", type=_int_at_least(1), default=50, help="default 50")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    t.add_argument(
-        "--checkpoint-every",
-        type=_int_at_least(0),
-        default=CHECKPOINT_EVERY,
-        metavar="N",
-        help=f"write DIR/checkpoint.npz every N steps (0: only at the end and on Ctrl-C / "
-        f"SIGTERM; default {CHECKPOINT_EVERY})",
-    )
     t.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    t.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in DIR up to --steps (from its last checkpoint, with the same "
-        "options: only --steps, --quiet and --checkpoint-every may change)",
-    )
+    add_resume_options(t)
     t.add_argument(
         "--overwrite",
         action="store_true",
@@ -219,7 +199,7 @@ def _check_resume(meta: dict, run: dict, data_sha: str, args, where: str) -> Non
             f"--resume: the checkpoint in --out {where!r} records no run options (written by an "
             "older mmdflow?); start a new run"
         )
-    may = ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE)
+    may = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE)
     old_args = argparse.Namespace(**meta.get("args", {}))
     for key, value in run.items():
         if key == "target" and all(str(v).endswith(".npy") for v in (old.get(key), value)):

@@ -33,11 +33,6 @@ from mmdflow.cli._inputs import (
 )
 from mmdflow.cli._rundir import Checkpoints, RunDir
 
-#: ``--checkpoint-every`` default. A checkpoint (state + history + 51 trajectory snapshots)
-#: of the default flow (n=1000) is 0.43 MB and takes 2-13 ms on a busy 2-core CPU, under
-#: 0.5% of 100 of its steps (~25 ms each); n=16,384: 6.9 MB, 11-28 ms.
-DEFAULT_CHECKPOINT_EVERY = 100
-
 
 def _make_mesh(num: int):
     """The ``--devices`` mesh: the first ``num`` devices, one axis ``"data"``."""

@@ -18,10 +18,8 @@ from typing import Any
 import numpy as np
 
 from mmdflow.cli._common import CLIError
-from mmdflow.cli._rundir import fingerprint
+from mmdflow.cli._rundir import RESUMABLE, fingerprint
 
-#: options that ``--resume`` may change; every other option must match the run in DIR
-RESUMABLE = ("steps", "quiet", "checkpoint_every")
 #: parsed arguments that are not options of the run
 _NOT_RUN_OPTIONS = ("func", "command", "out", "overwrite", "resume")
 #: the checkpoint file in DIR

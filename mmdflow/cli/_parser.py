@@ -20,7 +20,8 @@ from mmdflow.cli._common import (
     _Parser,
     _positive_float,
 )
-from mmdflow.cli._flow import DEFAULT_CHECKPOINT_EVERY, _cmd_flow
+from mmdflow.cli._flow import _cmd_flow
+from mmdflow.cli._rundir import add_resume_options
 
 
 def _add_common(
@@ -147,21 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="mmd only: noise level of the noise-injected MMD flow, in units of the "
         "bandwidth (default 0)",
     )
-    f.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in DIR up to --steps from its checkpoint (exactly as an "
-        "uninterrupted run); every option but --steps, --quiet and --checkpoint-every must "
-        "be as in that run",
-    )
-    f.add_argument(
-        "--checkpoint-every",
-        type=_int_at_least(0),
-        default=DEFAULT_CHECKPOINT_EVERY,
-        metavar="N",
-        help="write DIR/checkpoint.npz every N steps (0: only at the end and on Ctrl-C / "
-        f"SIGTERM, which always keep one); default {DEFAULT_CHECKPOINT_EVERY}",
-    )
+    add_resume_options(f)
     _add_common(
         f,
         steps=500,

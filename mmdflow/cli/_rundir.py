@@ -39,10 +39,37 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from mmdflow.cli._common import _SIGNALS, CLIError
+from mmdflow.cli._common import _SIGNALS, CLIError, _int_at_least
 
 #: The marker file in every directory mmdflow writes.
 MARKER = ".mmdflow-run.json"
+#: ``--checkpoint-every`` default of ``flow`` and ``train``. Measured on a busy 2-core CPU:
+#: a flow checkpoint (state, history, 51 trajectory snapshots) at n=1000 is 0.43 MB and
+#: takes 2-13 ms (n=16,384: 6.9 MB, 11-28 ms), under 0.5% of 100 steps of ~25 ms; a train
+#: checkpoint of the default MLP ~4 ms against 3-16 ms per step. A crash loses at most
+#: this many steps (Ctrl-C / SIGTERM always write a checkpoint of the current step).
+CHECKPOINT_EVERY = 100
+#: the options a ``--resume`` may change (every other one would alter the run)
+RESUMABLE = ("steps", "quiet", "checkpoint_every")
+
+
+def add_resume_options(p) -> None:
+    """Adds ``--resume`` and ``--checkpoint-every`` to the subcommand parser ``p``."""
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in DIR up to --steps from its last checkpoint (exactly as an "
+        "uninterrupted run); every option but --steps, --quiet and --checkpoint-every must "
+        "be as in that run",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=_int_at_least(0),
+        default=CHECKPOINT_EVERY,
+        metavar="N",
+        help="write DIR/checkpoint.npz every N steps (0: only at the end and on Ctrl-C / "
+        f"SIGTERM, which always keep one); default {CHECKPOINT_EVERY}",
+    )
 
 
 def read_marker(path: Path) -> dict | None:
