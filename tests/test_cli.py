@@ -9,6 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from _files import BAD_POINT_FILES, bad_point_files
 
 from mmdflow import cli, plots
 
@@ -297,31 +298,9 @@ def test_bad_input_one_line_error_and_no_output(tmp_path, capsys, case):
     assert not out.exists() and not out.parent.exists()
 
 
-def _bad_files(tmp_path):
-    import pickle
-
-    np.savez(tmp_path / "arch.npz", x=np.zeros((5, 2)))
-    (tmp_path / "arch.npz").rename(tmp_path / "npz.npy")
-    (tmp_path / "dir.npy").mkdir()
-    (tmp_path / "text.npy").write_text("1 2\n3 4\n")
-    np.save(tmp_path / "obj.npy", np.array([[1.0, None]], dtype=object), allow_pickle=True)
-    (tmp_path / "pickle.npy").write_bytes(pickle.dumps([[1.0, 2.0]]))
-    np.save(tmp_path / "three.npy", np.zeros((4, 2, 2)))
-    return {
-        "npz.npy": ".npz archive",
-        "dir.npy": "is a directory",
-        "text.npy": "is not a .npy file",
-        "obj.npy": "object array",
-        "pickle.npy": "pickled Python object",
-        "three.npy": "expected a 2-D array",
-    }
-
-
-@pytest.mark.parametrize(
-    "name", ["npz.npy", "dir.npy", "text.npy", "obj.npy", "pickle.npy", "three.npy"]
-)
+@pytest.mark.parametrize("name", sorted(BAD_POINT_FILES))
 def test_bad_point_files_are_one_line_errors(tmp_path, capsys, name):
-    needle = _bad_files(tmp_path)[name]
+    needle = bad_point_files(tmp_path)[name]
     out = tmp_path / "out"
     for option in ("--source", "--target"):
         rc, stdout, err = _run(capsys, "flow", option, tmp_path / name, "--out", out)

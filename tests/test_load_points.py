@@ -1,9 +1,8 @@
 """``data.load_points``: the rows kept when subsampling, and one-line errors for bad files."""
 
-import pickle
-
 import numpy as np
 import pytest
+from _files import BAD_POINT_FILES, bad_point_files
 
 from mmdflow import data
 
@@ -31,29 +30,9 @@ def test_return_indices_of_digits():
     np.testing.assert_array_equal(x, data.digits(30, seed=1)[0])
 
 
-def _bad_files(tmp_path):
-    np.savez(tmp_path / "arch.npz", x=np.zeros((5, 2)))
-    (tmp_path / "arch.npz").rename(tmp_path / "npz.npy")
-    (tmp_path / "dir.npy").mkdir()
-    (tmp_path / "text.npy").write_text("1 2\n3 4\n")
-    np.save(tmp_path / "obj.npy", np.array([[1.0, None]], dtype=object), allow_pickle=True)
-    (tmp_path / "pickle.npy").write_bytes(pickle.dumps({"a": 1}))
-    np.save(tmp_path / "three.npy", np.zeros((4, 2, 2)))
-    return {
-        "npz.npy": ".npz archive",
-        "dir.npy": "is a directory",
-        "text.npy": "not a .npy file (it holds text",
-        "obj.npy": "object array",
-        "pickle.npy": "pickled Python object",
-        "three.npy": "expected a 2-D array",
-    }
-
-
-@pytest.mark.parametrize(
-    "name", ["npz.npy", "dir.npy", "text.npy", "obj.npy", "pickle.npy", "three.npy"]
-)
+@pytest.mark.parametrize("name", sorted(BAD_POINT_FILES))
 def test_bad_files_are_one_line_value_errors(tmp_path, name):
-    needle = _bad_files(tmp_path)[name]
+    needle = bad_point_files(tmp_path)[name]
     with pytest.raises(ValueError, match="load_points") as info:
         data.load_points(tmp_path / name)
     msg = str(info.value)
