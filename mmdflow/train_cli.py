@@ -286,8 +286,9 @@ def cmd_train(args) -> int:
             history=history,
             on_step=on_step,
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the signal may have come after the last checkpoint's write
         bar.close()
+        ckpts.mark_interrupted()
         raise KeyboardInterrupt(ckpts.note()) from None
     bar.close()
     wall = time.perf_counter() - t0

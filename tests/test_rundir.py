@@ -196,3 +196,26 @@ def test_broken_pipe_is_quiet(tmp_path):
     assert res.returncode == 141, res.stderr
     assert res.stderr == ""
     assert np.load(tmp_path / "o" / "particles.npy").shape == (20, 2)
+
+
+def test_signal_during_a_checkpoint_write_marks_the_run_interrupted(tmp_path):
+    # the race behind a flaky real-SIGTERM train test: the signal lands while the checkpoint
+    # is written, is raised after it, and the marker must not stay "running"
+    from mmdflow.cli._common import _SIGNALS
+    from mmdflow.cli._rundir import Checkpoints
+
+    ck = Checkpoints(RunDir(str(tmp_path / "run"), "train"), every=1)
+
+    def write(p):
+        p.write_text("state")
+        _SIGNALS.pending = signal.SIGTERM
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ck(1, write)
+        assert read_marker(tmp_path / "run")["status"] == "running"
+        ck.mark_interrupted()
+    finally:
+        _SIGNALS.pending = None
+    m = read_marker(tmp_path / "run")
+    assert m["status"] == "interrupted" and m["checkpoint_step"] == 1

@@ -166,8 +166,7 @@ def _checkpoint_last_chunk(ckpt: Checkpoints, latest: list, meta: dict) -> None:
         step, state, hist = latest
         with contextlib.suppress(KeyboardInterrupt):  # raised after writing: a signal is pending
             ckpt(step, lambda p: resume.save(p, state, hist(), meta), force=True)
-    if ckpt.last_step is not None:
-        ckpt.rundir.set_status("interrupted", checkpoint_step=ckpt.last_step)
+    ckpt.mark_interrupted()
 
 
 def _warn(msg: str) -> None:

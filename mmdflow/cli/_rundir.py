@@ -372,6 +372,15 @@ class Checkpoints:
             self.rundir.set_status(status, checkpoint_step=step)
         _SIGNALS.check()
 
+    def mark_interrupted(self) -> None:
+        """Records status ``"interrupted"`` at the last checkpoint (if any).
+
+        For the command's ``except KeyboardInterrupt``: a signal can arrive after this
+        object's last write and be raised at a later safe point (e.g. the progress bar).
+        """
+        if self.last_step is not None:
+            self.rundir.set_status("interrupted", checkpoint_step=self.last_step)
+
     def note(self) -> str:
         """For messages: where the last checkpoint is and how to continue, or ``""``."""
         if self.last_step is None:
