@@ -56,7 +56,7 @@ from jax import lax
 
 from mmdflow import fused
 from mmdflow._checks import check_block_size, check_points, check_sum_inputs
-from mmdflow.kernels import DIRECT_MAX_D, HIGHEST, Kernel
+from mmdflow.kernels import DIRECT_MAX_D, HIGHEST, FeatureKernel, Kernel
 
 __all__ = [
     "gram",
@@ -300,6 +300,11 @@ def kernel_matvec(
       ``[n]`` (or ``[n, k]``) in the promoted floating dtype of the inputs.
     """
     x, y, w, vec = _prepare(k, x, y, w)
+    if isinstance(k, FeatureKernel):  # features once per point set, then the base kernel
+        fx = k.features(x)
+        fy = fx if y is x else k.features(y)
+        out = kernel_matvec(k.base, fx, fy, w, impl=impl, block_size=block_size)
+        return out[:, 0] if vec else out
     impl = resolve_impl(impl, x.shape[0], y.shape[0], k, x.dtype)
     if impl == "dense":
         out = _dense_matvec(k, x, y, w)
@@ -333,6 +338,11 @@ def kernel_grad_matvec(
       ``[n, d]`` (or ``[n, k, d]`` for ``[m, k]`` weights).
     """
     x, y, w, vec = _prepare(k, x, y, w)
+    if isinstance(k, FeatureKernel):  # base-kernel gradients of the features, pulled back
+        fx, pull = k.linearize(x)
+        fy = fx if y is x else k.features(y)
+        out = pull(kernel_grad_matvec(k.base, fx, fy, w, impl=impl, block_size=block_size))
+        return out[:, 0, :] if vec else out
     impl = resolve_impl(impl, x.shape[0], y.shape[0], k, x.dtype)
     if impl == "dense":
         out = _dense_grad_matvec(k, x, y, w)
@@ -377,6 +387,10 @@ def kernel_hessian_matvec(
         raise ValueError(f"`e` must have shape {tuple(y.shape)} like `y`; got {tuple(e.shape)}.")
     dtype = jnp.result_type(x.dtype, y.dtype, e.dtype)
     x, y, e = x.astype(dtype), y.astype(dtype), e.astype(dtype)
+    if isinstance(k, FeatureKernel):  # J_phi(x)^T H_base J_phi(y) e: a JVP, the base sum, a VJP
+        fx, pull = k.linearize(x)
+        fy, t = k.push_forward(y, e)
+        return pull(kernel_hessian_matvec(k.base, fx, fy, t, impl=impl, block_size=block_size))
     impl = resolve_impl(impl, x.shape[0], y.shape[0])
     if impl == "dense":
         hess = jax.jacfwd(jax.grad(k, argnums=0), argnums=1)

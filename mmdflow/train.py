@@ -37,6 +37,7 @@ from flax import nnx
 
 from mmdflow import _checkpoint
 from mmdflow._checks import check_points
+from mmdflow.critics import Critic
 from mmdflow.kernelized import DIRECTIONS, SOLVERS, direction
 from mmdflow.kernels import Kernel
 from mmdflow.mmd import mmd2
@@ -55,10 +56,14 @@ DIVERGENCE_FACTOR = 2.0
 #: Healthy mmd-gd runs dip to 4.4e-5 ("heart") and recover; stuck ones sit at 2.6e-10
 #: (mmd-gd on "swissroll", MMD^2 flat for 500 steps): this is about their geometric mean.
 ESCAPE_FRACTION = 1e-7
+#: per-step history lists of a trainer with an adversarial critic: the learned kernel's
+#: unbiased minibatch MMD^2 and the critic's penalty term after its last update of the step
+CRITIC_METRICS = ("critic_mmd2", "critic_penalty")
 
 __all__ = [
     "DIVERGENCE_FACTOR",
     "ESCAPE_FRACTION",
+    "CRITIC_METRICS",
     "MLPGenerator",
     "ConvGenerator",
     "TrainState",
@@ -117,12 +122,17 @@ class ConvGenerator(nnx.Module):
 
 
 class TrainState(NamedTuple):
-    """Generator parameters, optimizer state, PRNG key and step counter."""
+    """Generator parameters, optimizer state, PRNG key, step counter and critic state.
+
+    ``critic`` is ``None`` for a fixed kernel, else the adversarial critic's
+    ``(params, opt_state)`` (see :class:`mmdflow.critics.Critic`).
+    """
 
     params: Any
     opt_state: Any
     key: jax.Array
     step: jax.Array
+    critic: Any = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -134,7 +144,8 @@ class GeneratorTrainer:
         ``latent_dim`` attribute (or pass ``latent_dim``).
       optimizer: optax transformation; receives ``-theta_dot`` as the gradient
         (``optax.sgd(lr)`` is the faithful Euler scheme).
-      kernel: the MMD kernel.
+      kernel: the MMD kernel of the generator's direction; with a ``critic``, the fixed
+        kernel of the held-out evaluation only.
       kind: ``"kernelized"`` (variant B), ``"param-sobolev"`` (variant A),
         ``"grad-penalty"`` (variant C) or ``"mmd-gd"``; see :mod:`mmdflow.kernelized`.
       reg: ridge ``lambda``.
@@ -168,9 +179,15 @@ class GeneratorTrainer:
     solver: str = "auto"
     latent_dim: int | None = None
     direction_fn: Callable | None = None
+    critic: Critic | None = None
 
     def __post_init__(self):
         check_kernel(self.kernel)
+        if self.critic is not None and not isinstance(self.critic, Critic):
+            raise ValueError(
+                f"`critic` must be an mmdflow.critics.Critic or None; got "
+                f"{type(self.critic).__name__}."
+            )
         if self.kind not in DIRECTIONS:
             raise ValueError(f"`kind` must be one of {DIRECTIONS}; got {self.kind!r}.")
         if not (isinstance(self.batch_size, int) and self.batch_size >= 2):
@@ -207,19 +224,45 @@ class GeneratorTrainer:
     def init(self, key: jax.Array, params: Any = None) -> TrainState:
         """Fresh state (the generator's initial parameters unless ``params`` is given)."""
         params = self._params0 if params is None else params
-        return TrainState(params, self.optimizer.init(params), key, jnp.zeros((), jnp.int32))
+        critic = None if self.critic is None else self.critic.init()
+        step = jnp.zeros((), jnp.int32)
+        return TrainState(params, self.optimizer.init(params), key, step, critic)
+
+    def _batch(self, kz: jax.Array, ky: jax.Array, y_data: jax.Array):
+        """A latent and a target minibatch (``batch_size`` rows each) from two keys."""
+        z = jax.random.normal(kz, (self.batch_size, self._dz))
+        return z, y_data[jax.random.randint(ky, (self.batch_size,), 0, y_data.shape[0])]
+
+    def _critic_steps(self, state: TrainState, key: jax.Array, y_data: jax.Array):
+        """``critic.steps`` critic updates on fresh minibatches; aux of the last one."""
+
+        def one(carry, k):
+            cparams, copt = carry
+            kz, ky, kp = jax.random.split(k, 3)
+            z, y = self._batch(kz, ky, y_data)
+            x = self.gen_fn(state.params, z)
+            cparams, copt, aux = self.critic.update(cparams, copt, x, y, kp)
+            return (cparams, copt), aux
+
+        carry, aux = jax.lax.scan(one, state.critic, jax.random.split(key, self.critic.steps))
+        return carry, jax.tree.map(lambda a: a[-1], aux)
 
     def _step_impl(self, state: TrainState, y_data: jax.Array):
-        key, kz, ky = jax.random.split(state.key, 3)
-        z = jax.random.normal(kz, (self.batch_size, self._dz))
-        idx = jax.random.randint(ky, (self.batch_size,), 0, y_data.shape[0])
-        y = y_data[idx]
+        kernel, extra, critic = self.kernel, {}, state.critic
+        if self.critic is None:
+            key, kz, ky = jax.random.split(state.key, 3)
+        else:
+            key, kz, ky, kc = jax.random.split(state.key, 4)
+            critic, aux = self._critic_steps(state, kc, y_data)
+            kernel = self.critic.kernel(critic[0])
+            extra = {"critic_mmd2": aux["mmd2"], "critic_penalty": aux["penalty"]}
+        z, y = self._batch(kz, ky, y_data)
         v, info = (self.direction_fn or direction)(
             self.gen_fn,
             state.params,
             z,
             y,
-            self.kernel,
+            kernel,
             self.reg,
             kind=self.kind,
             cg_tol=self.cg_tol,
@@ -229,8 +272,10 @@ class GeneratorTrainer:
         grads = jax.tree.map(jnp.negative, v)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        finite = jnp.all(jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(params)]))
-        return TrainState(params, opt_state, key, state.step + 1), {**info, "finite": finite}
+        leaves = jax.tree.leaves((params, critic))
+        finite = jnp.all(jnp.stack([jnp.isfinite(p).all() for p in leaves]))
+        new = TrainState(params, opt_state, key, state.step + 1, critic)
+        return new, {**info, **extra, "finite": finite}
 
     def step(self, state: TrainState, y_data: jax.Array) -> tuple[TrainState, dict[str, Any]]:
         """One jitted training step on a minibatch drawn from ``y_data [N, d]``.
@@ -303,7 +348,8 @@ class GeneratorTrainer:
 
         Returns:
           ``(state, history)``: history has per-step lists (``step``, ``mmd2`` on the
-          batch, ``velocity_norm``, ``critic``, ``cg_iterations``, ``time``), evaluation
+          batch, ``velocity_norm``, ``critic``, ``cg_iterations``, ``time``; with an
+          adversarial critic also :data:`CRITIC_METRICS`), evaluation
           lists ``eval_step``, ``eval_mmd2`` (unbiased, ``eval_samples`` generated samples
           vs ``y_eval`` with fixed latents) and ``eval_overlap`` (the generated samples'
           mean kernel value with ``y_eval`` over that of ``y_eval`` with itself), and
@@ -331,7 +377,9 @@ class GeneratorTrainer:
             overlap = jnp.mean(kernel_matvec(self.kernel, x, y_eval, ones)) / kyy
             return mmd2(x, y_eval, self.kernel, estimator="unbiased"), overlap
 
-        names = ("step", "mmd2", "velocity_norm", "critic", "cg_iterations", "time")
+        floats = ("mmd2", "velocity_norm", "critic")
+        floats += () if self.critic is None else CRITIC_METRICS
+        names = ("step", *floats, "cg_iterations", "time")
         hist: dict[str, Any] = {k: list((history or {}).get(k, [])) for k in names}
         for k in ("eval_step", "eval_mmd2", "eval_overlap"):
             hist[k] = list((history or {}).get(k, []))
@@ -387,7 +435,7 @@ class GeneratorTrainer:
             hist["time"].append(time.perf_counter() - t0)
             step = int(new.step)
             hist["step"].append(step)
-            for k in ("mmd2", "velocity_norm", "critic"):
+            for k in floats:
                 hist[k].append(float(info[k]))
             hist["cg_iterations"].append(int(info["cg_iterations"]))
             event = None if bool(info["finite"]) else divergence(step, None)

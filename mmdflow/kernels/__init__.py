@@ -45,6 +45,7 @@ from mmdflow.kernels._base import _safe_sqrt as _safe_sqrt
 from mmdflow.kernels._combine import Scaled, Sum
 from mmdflow.kernels._combine import _Squared as _Squared
 from mmdflow.kernels._dotproduct import Linear, Polynomial
+from mmdflow.kernels._feature import FeatureKernel
 from mmdflow.kernels._radial import IMQ, Energy, Gaussian, Laplace, MixtureRBF, RationalQuadratic
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "Linear",
     "Sum",
     "Scaled",
+    "FeatureKernel",
     "median_bandwidth",
     "sqdist",
 ]
