@@ -33,7 +33,7 @@ from mmdflow import kernels as K
 from mmdflow.kernels import HIGHEST, _pytree
 from mmdflow.kernels._base import _nonnegative, _positive
 
-__all__ = ["RFF", "FeatureKernel"]
+__all__ = ["RFF", "rff_kernel"]
 
 
 @_pytree(data=("z", "scale", "b", "amp"))
@@ -119,17 +119,14 @@ def _spectral_scale(kernel, key, m, dtype):
     )
 
 
-@_pytree(data=("rff",))
-class FeatureKernel(K.Kernel):
+def _rff_features(rff: RFF, x: jax.Array) -> jax.Array:
+    return rff(x)
+
+
+def rff_kernel(rff: RFF) -> K.FeatureKernel:
     """The finite-rank kernel ``k(x, y) = phi(x) . phi(y)`` of an :class:`RFF` map.
 
-    Useful to check feature-space computations against sample-space ones exactly.
+    A :class:`mmdflow.kernels.FeatureKernel` with the linear base kernel; useful to check
+    feature-space computations against sample-space ones exactly.
     """
-
-    rff: RFF = None
-
-    def __call__(self, x, y):
-        return jnp.dot(self.rff(x[None])[0], self.rff(y[None])[0], precision=HIGHEST)
-
-    def gram_block(self, x, y):
-        return jnp.matmul(self.rff(x), self.rff(y).T, precision=HIGHEST)
+    return K.FeatureKernel(K.Linear(), _rff_features, rff)

@@ -25,6 +25,7 @@ __all__ = [
     "plot_flow",
     "plot_samples",
     "plot_history",
+    "plot_critic",
     "plot_color_transfer",
 ]
 
@@ -342,6 +343,34 @@ def plot_history(
         axs[1].set_title("kinetic energy (last step of each record)", fontsize=10)
     for ax in axs:
         ax.grid(True, which="both", alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.08)
+
+
+def plot_critic(history: dict, path: str | os.PathLike, *, title: str | None = None) -> None:
+    """Plots an adversarial critic's curves against the step and saves a PNG.
+
+    Args:
+        history: Dict with ``step``, ``critic_mmd2`` (the learned kernel's unbiased minibatch
+            MMD^2, which the critic maximizes) and ``critic_penalty`` (its penalty term), as
+            recorded by :meth:`mmdflow.train.GeneratorTrainer.fit` with a critic.
+        path: Output file (PNG).
+        title: Optional figure title.
+    """
+    steps = np.asarray(history["step"])
+    fig = _figure(9.0, 3.4)
+    axs = fig.subplots(1, 2, squeeze=False)[0]
+    panels = (
+        ("critic_mmd2", "MMD² of the learned kernel", "#1f77b4"),
+        ("critic_penalty", "penalty term", "#ff7f0e"),
+    )
+    for ax, (key, label, color) in zip(axs, panels, strict=True):
+        ax.plot(steps, np.asarray(history[key], float), color=color, lw=0.8)
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.set_title(f"critic: {label} (minibatch)", fontsize=10)
+        ax.grid(True, alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.08)

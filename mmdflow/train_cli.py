@@ -2,8 +2,9 @@
 
 Writes ``DIR/samples.npy`` (2000 generated samples), ``DIR/metrics.json``
 (held-out MMD^2, ``|theta_dot|``, critic value, CG iterations, time per step,
-settings), ``DIR/samples.png``, ``DIR/mmd.png`` and ``DIR/checkpoint.npz`` (state, run
-options and history; also written every ``--checkpoint-every`` steps and on Ctrl-C /
+settings), ``DIR/samples.png``, ``DIR/mmd.png``, with an adversarial ``--critic``
+``DIR/critic.png`` (the learned kernel's MMD^2 and penalty per step), and
+``DIR/checkpoint.npz`` (generator and critic state, run options and history; also written every ``--checkpoint-every`` steps and on Ctrl-C /
 SIGTERM). ``--resume`` continues a run exactly (same result as an uninterrupted run) and
 refuses options that would change it. A run that diverges (see
 :meth:`mmdflow.train.GeneratorTrainer.fit`) stops with exit status 1, keeping its last
@@ -29,10 +30,23 @@ from mmdflow.cli import (
     _positive_float,
     _write_json,
 )
+from mmdflow.cli._common import _nonneg_float
 from mmdflow.cli._inputs import _fmt_change
 from mmdflow.cli._rundir import RESUMABLE, Checkpoints, RunDir, add_resume_options, fingerprint
 
-DEFAULT_LR = {"kernelized": 0.5, "param-sobolev": 0.5, "grad-penalty": 0.5, "mmd-gd": 5.0}
+#: default generator learning rates per optimizer and direction (SGD: the Euler step; Adam 3e-3:
+#: the best of {1e-3, 3e-3, 1e-2, 3e-2} for mmd-gd on 8gaussians, benchmarks/RESULTS.md)
+DEFAULT_LR = {
+    "sgd": {"kernelized": 0.5, "param-sobolev": 0.5, "grad-penalty": 0.5, "mmd-gd": 5.0},
+    "adam": {"kernelized": 3e-3, "param-sobolev": 3e-3, "grad-penalty": 3e-3, "mmd-gd": 3e-3},
+}
+CRITICS = ("fixed", "mmd-gp", "smmd")
+#: the adversarial critic's defaults: feature dimension, updates per generator step, Adam
+#: learning rate (b1 = 0.5, b2 = 0.9 as in MMD GAN work) and penalty weight
+FEATURES = 16
+CRITIC_STEPS = 5
+CRITIC_LR = 1e-3
+PENALTY = 1.0
 #: held-out samples (at most) and generated samples written
 NUM_SAMPLES = 2000
 CHECKPOINT = "checkpoint.npz"
@@ -67,10 +81,42 @@ def add_parser(sub) -> None:
     t.add_argument("--batch-size", type=_int_at_least(2), default=256, help="batch (default 256)")
     t.add_argument("--reg", type=_positive_float, default=1e-2, help="ridge lambda (default 0.01)")
     t.add_argument(
+        "--optimizer",
+        choices=("sgd", "adam"),
+        default="sgd",
+        help="generator optimizer, fed with minus the direction (default sgd: the Euler scheme)",
+    )
+    t.add_argument(
         "--lr",
         type=_positive_float,
         default=None,
-        help="SGD learning rate (default: mmd-gd 5, the others 0.5)",
+        help="generator learning rate (default: sgd mmd-gd 5, sgd others 0.5, adam 3e-3)",
+    )
+    t.add_argument(
+        "--critic",
+        choices=CRITICS,
+        default="fixed",
+        help="the MMD kernel: fixed (median-bandwidth Gaussian mixture; default), or learned "
+        "adversarially on critic-network features: mmd-gp (MMD GAN with gradient penalty) or "
+        "smmd (Scaled MMD)",
+    )
+    t.add_argument(
+        "--critic-steps",
+        type=_int_at_least(1),
+        default=CRITIC_STEPS,
+        help=f"critic updates per generator step (default {CRITIC_STEPS})",
+    )
+    t.add_argument(
+        "--critic-lr",
+        type=_positive_float,
+        default=CRITIC_LR,
+        help=f"critic Adam learning rate (default {CRITIC_LR:g})",
+    )
+    t.add_argument(
+        "--penalty",
+        type=_nonneg_float,
+        default=PENALTY,
+        help=f"weight of the critic's gradient penalty / SMMD gradient term (default {PENALTY:g})",
     )
     t.add_argument(
         "--cg-maxiter",
@@ -132,7 +178,7 @@ def _build(args, y_train, bandwidth):
     else:
         gen = train.MLPGenerator(min(max(d, 2), 16), d, (128, 128), rngs=rngs)
     kernel, kinfo = _make_kernel("mixture", bandwidth)
-    lr = args.lr if args.lr is not None else DEFAULT_LR[args.direction]
+    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer][args.direction]
     kw = {} if args.cg_maxiter is None else {"cg_maxiter": args.cg_maxiter}
     if args.devices is not None:
         from mmdflow import sharding
@@ -140,10 +186,14 @@ def _build(args, y_train, bandwidth):
 
         if args.direction == "param-sobolev":
             raise CLIError("--devices applies to kernelized, grad-penalty and mmd-gd only")
+        if args.critic != "fixed":
+            raise CLIError("--devices applies to --critic fixed only")
         kw["direction_fn"] = sharding.direction_fn(_make_mesh(args.devices))
+    if args.critic != "fixed":
+        kw["critic"] = _critic(args, d, nnx.Rngs(args.seed + 1))
     trainer = train.GeneratorTrainer(
         gen,
-        optax.sgd(lr),
+        getattr(optax, args.optimizer)(lr),
         kernel,
         kind=args.direction,
         reg=args.reg,
@@ -152,6 +202,28 @@ def _build(args, y_train, bandwidth):
         **kw,
     )
     return trainer, trainer.init(jax.random.key(args.seed)), kinfo, lr
+
+
+def _critic(args, d: int, rngs):
+    """The adversarial critic of ``--critic``: a conv net on digits, else an MLP, with the
+    Gaussian mixture kernel of base bandwidth 1 on its ``FEATURES`` features."""
+    import optax
+
+    from mmdflow import critics
+
+    if d == 64 and args.target == "digits":
+        features = critics.ConvFeatures(FEATURES, rngs=rngs)
+    else:
+        features = critics.MLPFeatures(d, FEATURES, (64, 64), rngs=rngs)
+    base, _ = _make_kernel("mixture", 1.0)
+    return critics.Critic(
+        features,
+        base,
+        kind=args.critic,
+        optimizer=optax.adam(args.critic_lr, b1=0.5, b2=0.9),
+        steps=args.critic_steps,
+        penalty=args.penalty,
+    )
 
 
 def _solver_settings(direction: str, trainer) -> dict:
@@ -165,8 +237,18 @@ def _solver_settings(direction: str, trainer) -> dict:
 
 def _run_options(args, lr: float, bandwidth: float, trainer) -> dict:
     """The resolved options that define a run: a ``--resume`` must not change them."""
+    critic = {}
+    if args.critic != "fixed":
+        critic = {
+            "critic_steps": args.critic_steps,
+            "critic_lr": args.critic_lr,
+            "penalty": args.penalty,
+        }
     return {
         "direction": args.direction,
+        "optimizer": args.optimizer,
+        "critic": args.critic,
+        **critic,
         "target": args.target,
         "n": args.n,
         "batch_size": args.batch_size,
@@ -191,9 +273,15 @@ def _option(key: str, value, args=None) -> str:
     return f"{flag} {value!r}{how if default else ''}"
 
 
+#: the values of options added with the adversarial critics, for runs written before them
+_BEFORE_CRITICS = {"optimizer": "sgd", "critic": "fixed"}
+
+
 def _check_resume(meta: dict, run: dict, data_sha: str, args, where: str) -> None:
     """Refuses a ``--resume`` whose options or data differ from the run in ``--out``."""
     old = meta.get("run")
+    if isinstance(old, dict):  # runs written before these options existed
+        old = {**_BEFORE_CRITICS, **old}
     if not isinstance(old, dict):
         raise CLIError(
             f"--resume: the checkpoint in --out {where!r} records no run options (written by an "
@@ -216,11 +304,17 @@ def _check_resume(meta: dict, run: dict, data_sha: str, args, where: str) -> Non
         )
 
 
+def _label(args) -> str:
+    """``direction`` plus the optimizer and critic when they are not the defaults."""
+    parts = [args.direction] + [args.optimizer] * (args.optimizer != "sgd")
+    return " ".join(parts + [f"critic {args.critic}"] * (args.critic != "fixed"))
+
+
 def cmd_train(args) -> int:
     import jax
 
     from mmdflow import _checkpoint, train
-    from mmdflow.plots import plot_history, plot_samples
+    from mmdflow.plots import plot_critic, plot_history, plot_samples
 
     rundir = RunDir(args.out, "train", overwrite=args.overwrite, resume=args.resume)
     ckpt_file = rundir.path / CHECKPOINT
@@ -265,13 +359,16 @@ def cmd_train(args) -> int:
     if args.resume:
         ckpts.last_step = done
     bar = ProgressBar(
-        todo, label=f"train {args.direction}", enabled=None if not args.quiet else False
+        todo, label=f"train {_label(args)}", enabled=None if not args.quiet else False
     )
 
     def on_step(st, hist) -> None:  # a checkpoint when due or on a pending Ctrl-C / SIGTERM
         step = int(st.step)
         ckpts(step, lambda path: save(path, st, hist))
-        bar.update(step - done, {"mmd2": hist["mmd2"][-1]})
+        shown = {"mmd2": hist["mmd2"][-1]}
+        if "critic_mmd2" in hist:
+            shown["critic"] = hist["critic_mmd2"][-1]
+        bar.update(step - done, shown)
 
     bar.start()
     t0 = time.perf_counter()
@@ -305,7 +402,6 @@ def cmd_train(args) -> int:
     times = hist["time"][1:] or hist["time"]
     settings = {
         **run,
-        "optimizer": "sgd",
         "kernel": kinfo,
         "steps": args.steps,
         "d": int(y_train.shape[1]),
@@ -327,8 +423,17 @@ def cmd_train(args) -> int:
             "step_ms_median": 1e3 * float(np.median(times)) if times else math.nan,
         },
     }
-    mmd_title = f"held-out MMD² ({args.direction})"
-    mmd_label = "held-out MMD² (unbiased)"
+
+    def write_plots(tmp: Path) -> None:
+        plot_history(
+            {"step": hist["eval_step"], "mmd2": evals},
+            tmp / "mmd.png",
+            title=f"held-out MMD² ({_label(args)}; fixed evaluation kernel)",
+            mmd_label="held-out MMD² (unbiased)",
+        )
+        if args.critic != "fixed":
+            plot_critic(hist, tmp / "critic.png", title=f"{_label(args)}: {args.target}")
+
     if diverged is not None:
         metrics["diverged"] = diverged
         metrics["checkpoint_step"] = ckpts.last_step
@@ -338,12 +443,7 @@ def cmd_train(args) -> int:
         )
         with rundir.staged("diverged", diverged_step=diverged["step"]) as tmp:
             _write_json(tmp / "metrics.json", metrics)
-            plot_history(
-                {"step": hist["eval_step"], "mmd2": evals},
-                tmp / "mmd.png",
-                title=mmd_title,
-                mmd_label=mmd_label,
-            )
+            write_plots(tmp)
         kept = (
             f"the checkpoint of step {ckpts.last_step} is kept in {args.out!r}"
             if ckpts.last_step is not None
@@ -358,22 +458,20 @@ def cmd_train(args) -> int:
         np.save(tmp / "samples.npy", samples)
         save(tmp / CHECKPOINT, state, hist)
         _write_json(tmp / "metrics.json", metrics)
-        title = f"{args.direction}: {args.target}, step {int(state.step)}"
+        title = f"{_label(args)}: {args.target}, step {int(state.step)}"
         images = args.target == "digits" and samples.shape[1] == 64
         plot_samples(samples, y_eval, tmp / "samples.png", title=title, images=images)
-        plot_history(
-            {"step": hist["eval_step"], "mmd2": evals},
-            tmp / "mmd.png",
-            title=mmd_title,
-            mmd_label=mmd_label,
-        )
+        write_plots(tmp)
     first = evals[0] if evals else math.nan
+    pictures = ", ".join(
+        str(Path(args.out) / f)
+        for f in ("samples.png", "mmd.png", "critic.png")[: 2 + (args.critic != "fixed")]
+    )
     print(
-        f"mmdflow train: {args.direction} on {args.target}: held-out MMD^2 {first:.3e} -> "
+        f"mmdflow train: {_label(args)} on {args.target}: held-out MMD^2 {first:.3e} -> "
         f"{metrics['final_eval_mmd2']:.3e} ({_fmt_change(first, metrics['final_eval_mmd2'])}) "
         "after "
-        f"{int(state.step)} steps; pictures: {Path(args.out) / 'samples.png'}, "
-        f"{Path(args.out) / 'mmd.png'}"
+        f"{int(state.step)} steps; pictures: {pictures}"
     )
     return 0
 

@@ -263,13 +263,13 @@ _SOLVERS = {"param-sobolev": ("cholesky", "cg"), "grad-penalty": ("cholesky", "c
 
 @pytest.mark.parametrize("kind", kernelized.DIRECTIONS)
 def test_random_feature_form_matches_matrix_free(kind):
-    """k = phi^T phi (FeatureKernel): the explicit m x m feature-space critic gives the same
+    """k = phi^T phi (features.rff_kernel): the explicit m x m feature-space critic gives the same
     theta_dot, critic value and MMD^2 as the parameter-space CG / sample-space solves; and
     (spec §4.2, any variant) decrease_rate = <J^* u, theta_dot> = -1/2 d/dt MMD^2."""
     gen, params, z, y, rff = _rff_setup()
     reg = 0.02
     want, mmd2_want, critic_want = _feature_form(kind, gen, params, z, y, rff, reg)
-    k = features.FeatureKernel(rff=rff)
+    k = features.rff_kernel(rff)
     for solver in _SOLVERS.get(kind, ("auto",)):
         v, info = direction(
             gen, params, z, y, k, reg, kind=kind, solver=solver, cg_tol=1e-13, cg_maxiter=2000
@@ -294,7 +294,7 @@ def test_variants_a_and_c_can_increase_mmd_while_kernelized_cannot(kind, seed):
     Fixed configurations (found by a search over seeds) where A (resp. C) goes uphill, by
     finite differences, while variant B goes downhill from the same point."""
     gen, params, z, y, rff = _rff_setup(seed=seed)
-    k = features.FeatureKernel(rff=rff)
+    k = features.rff_kernel(rff)
     for kd, sign in ((kind, 1), ("kernelized", -1)):
         solver = _SOLVERS.get(kd, ("auto",))[0]
         v, info = direction(
