@@ -248,11 +248,11 @@ _reaper: threading.Thread | None = None
 _proc: subprocess.Popen | None = None
 
 
-def shared_dir(config) -> Path:
-    """This pytest run's directory, shared by all xdist workers."""
+def shared_dir(config, name: str = "sharding_checks") -> Path:
+    """A directory of this pytest run, shared by all xdist workers."""
     base = config._tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    path = shared / "sharding_checks"
+    path = shared / name
     path.mkdir(exist_ok=True)
     return path
 
