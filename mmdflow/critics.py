@@ -47,6 +47,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from mmdflow._nets import MLP
 from mmdflow.kernels import FeatureKernel, Kernel
 from mmdflow.mmd import mmd2, witness_grad
 from mmdflow.ops import check_kernel
@@ -64,7 +65,7 @@ __all__ = [
 CRITICS = ("mmd-gp", "smmd")
 
 
-class MLPFeatures(nnx.Module):
+class MLPFeatures(MLP):
     """MLP feature map ``[n, in_dim] -> [n, out_dim]`` (the critic network for vectors)."""
 
     def __init__(
@@ -76,18 +77,7 @@ class MLPFeatures(nnx.Module):
         activation: Callable[[jax.Array], jax.Array] = nnx.leaky_relu,
         rngs: nnx.Rngs,
     ) -> None:
-        dims = [in_dim, *hidden]
-        self.layers = nnx.List(
-            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:], strict=True)]
-        )
-        self.out = nnx.Linear(dims[-1], out_dim, rngs=rngs)
-        self.activation = activation
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        h = x
-        for layer in self.layers:
-            h = self.activation(layer(h))
-        return self.out(h)
+        super().__init__(in_dim, out_dim, hidden, activation=activation, rngs=rngs)
 
 
 class ConvFeatures(nnx.Module):

@@ -37,6 +37,7 @@ from flax import nnx
 
 from mmdflow import _checkpoint
 from mmdflow._checks import check_points
+from mmdflow._nets import MLP
 from mmdflow.critics import Critic
 from mmdflow.kernelized import DIRECTIONS, SOLVERS, direction
 from mmdflow.kernels import Kernel
@@ -74,7 +75,7 @@ __all__ = [
 ]
 
 
-class MLPGenerator(nnx.Module):
+class MLPGenerator(MLP):
     """MLP generator ``z [M, latent_dim] -> [M, out_dim]``."""
 
     def __init__(
@@ -86,19 +87,8 @@ class MLPGenerator(nnx.Module):
         activation: Callable[[jax.Array], jax.Array] = nnx.relu,
         rngs: nnx.Rngs,
     ) -> None:
-        dims = [latent_dim, *hidden]
-        self.layers = nnx.List(
-            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:], strict=True)]
-        )
-        self.out = nnx.Linear(dims[-1], out_dim, rngs=rngs)
-        self.activation = activation
+        super().__init__(latent_dim, out_dim, hidden, activation=activation, rngs=rngs)
         self.latent_dim = latent_dim
-
-    def __call__(self, z: jax.Array) -> jax.Array:
-        h = z
-        for layer in self.layers:
-            h = self.activation(layer(h))
-        return self.out(h)
 
 
 class ConvGenerator(nnx.Module):
