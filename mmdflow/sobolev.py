@@ -41,7 +41,7 @@ from jax.scipy.linalg import cho_factor, cho_solve
 from mmdflow._checks import check_points
 from mmdflow._linalg import cg
 from mmdflow.features import RFF
-from mmdflow.kernels import HIGHEST, Kernel, _pytree
+from mmdflow.kernels import HIGHEST, FeatureKernel, Kernel, _pytree
 from mmdflow.mmd import _weights, witness, witness_grad
 from mmdflow.ops import check_kernel, kernel_hessian_matvec
 
@@ -253,8 +253,18 @@ class ExactCritic:
 
 
 def cross_hessian_matrix(k: Kernel, x: jax.Array) -> jax.Array:
-    """Dense derivative-feature Gram ``[n d, n d]``: block ``(i, j)`` is ``d^2 k(x_i, x_j) / dx dy``."""
+    """Dense derivative-feature Gram ``[n d, n d]``: block ``(i, j)`` is ``d^2 k(x_i, x_j) / dx dy``.
+
+    For a :class:`mmdflow.kernels.FeatureKernel` ``K(phi(x), phi(y))``, block ``(i, j)`` is
+    ``J_phi(x_i)^T H_K(phi x_i, phi x_j) J_phi(x_j)`` (features and Jacobians once per point).
+    """
     n, d = x.shape
+    if isinstance(k, FeatureKernel):
+        f = k.features(x)
+        jac = jax.vmap(jax.jacfwd(lambda xi: k.features(xi[None])[0]))(x)  # [n, D, d]
+        h = cross_hessian_matrix(k.base, f).reshape(n, f.shape[1], n, f.shape[1])
+        h = jnp.einsum("iak,iajb,jbl->ikjl", jac, h, jac, precision=HIGHEST)
+        return h.reshape(n * d, n * d)
     hess = jax.jacfwd(jax.grad(k, argnums=0), argnums=1)
     h = jax.vmap(lambda xi: jax.vmap(lambda xj: hess(xi, xj))(x))(x)  # [n, n, d, d]
     return jnp.transpose(h, (0, 2, 1, 3)).reshape(n * d, n * d)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mmdflow import critics, kernelized, kernels, mmd, ops
+from mmdflow import critics, kernelized, kernels, mmd, ops, sobolev
 
 S = 1.3  # base Gaussian bandwidth
 
@@ -168,3 +168,29 @@ def test_bad_feature_kernels():
     k = kernels.FeatureKernel(kernels.Gaussian(1.0), lambda p, x: x[:, 0], {})
     with pytest.raises(ValueError, match=r"\[n, D\]"):
         ops.kernel_matvec(k, jnp.ones((3, 2)), jnp.ones((3, 2)), jnp.ones(3))
+
+
+def test_dense_cross_hessian_and_grad_penalty_direction(case, rng):
+    """The dense derivative Gram of a feature kernel (Cholesky solves of ``"grad-penalty"``)
+    equals ``J(x_i)^T H_K J(x_j)`` in NumPy, and both solvers give the same direction."""
+    k, p, x, y, _, _ = case
+    fx, jx = _np_feat(p, x)
+    kxx, r = _np_gauss(fx, fx)
+    d_feat = fx.shape[1]
+    hk = kxx[:, :, None, None] * (
+        np.eye(d_feat) / S**2 - r[..., :, None] * r[..., None, :] / S**4
+    )  # [n, n, D, D]
+    want = np.einsum("iak,ijab,jbl->ikjl", jx, hk, jx).reshape(x.size, x.size)
+    got = jax.jit(sobolev.cross_hessian_matrix)(k, jnp.asarray(x))
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    th = {"a": jnp.asarray(rng.normal(size=(2, 3)))}
+    z = jnp.asarray(rng.normal(size=(7, 2)))
+    gen = lambda t, z: jnp.tanh(z @ t["a"])
+    run = jax.jit(
+        lambda k, solver: kernelized.direction(
+            gen, th, z, y, k, 0.1, kind="grad-penalty", solver=solver, cg_tol=1e-13, cg_maxiter=500
+        ),
+        static_argnums=1,
+    )
+    (v1, _), (v2, _) = run(k, "cholesky"), run(k, "cg")
+    np.testing.assert_allclose(v1["a"], v2["a"], rtol=1e-8, atol=1e-12)
