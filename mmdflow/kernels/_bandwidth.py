@@ -36,7 +36,8 @@ def _median_numpy(x, y, max_points):
         zz = np.einsum("ij,ij->i", z, z)
         s = np.maximum(zz[:, None] + zz[None, :] - 2.0 * (z @ z.T), 0.0)
     pairs = s[np.triu(np.ones((n, n), bool), k=1)]
-    return jnp.asarray(np.asarray(np.sqrt(np.median(pairs)), dtype))  # no convert op to compile
+    # a host-to-device transfer: no convert (or, on a first call, "stage") op to compile
+    return jax.device_put(np.asarray(np.sqrt(np.median(pairs)), dtype))
 
 
 def median_bandwidth(x: jax.Array, y: jax.Array | None = None, *, max_points: int = 2000):
