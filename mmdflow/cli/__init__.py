@@ -54,6 +54,7 @@ from mmdflow.cli._common import (  # noqa: F401 - train_cli and tests use these
     SOBOLEV_STEP_SIZE,
     CLIError,
     ProgressBar,
+    _enable_compilation_cache,
     _error,
     _int_at_least,
     _nonneg_float,
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     # closes over large arrays (the flow drivers close over the target samples): pure
     # noise for a command-line user. Set TF_CPP_MIN_LOG_LEVEL yourself to see it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _enable_compilation_cache()
     parser = build_parser()
     restore = _SIGNALS.install()
     try:

@@ -1,0 +1,39 @@
+"""The command line's persistent compilation cache: on by default, off on request, and never
+overriding a cache the user (or this test suite) configured."""
+
+import jax
+import pytest
+
+from mmdflow.cli._common import ENV_COMPILATION_CACHE, _enable_compilation_cache
+
+
+@pytest.fixture
+def no_cache():
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    old = {k: getattr(jax.config, k) for k in keys}
+    jax.config.update("jax_compilation_cache_dir", None)
+    yield
+    for k, v in old.items():
+        jax.config.update(k, v)
+
+
+def test_cache_directory_default_and_opt_out(no_cache, monkeypatch, tmp_path):
+    monkeypatch.setenv(ENV_COMPILATION_CACHE, "off")
+    assert _enable_compilation_cache() is None
+    assert jax.config.jax_compilation_cache_dir is None
+    monkeypatch.delenv(ENV_COMPILATION_CACHE)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    want = str(tmp_path / "xdg" / "mmdflow" / "jax")
+    assert _enable_compilation_cache() == want
+    assert jax.config.jax_compilation_cache_dir == want
+    # every program is cached, not only those compiling for a second or more
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+    # a configured cache is left alone
+    monkeypatch.setenv(ENV_COMPILATION_CACHE, str(tmp_path / "mine"))
+    assert _enable_compilation_cache() is None
+    assert jax.config.jax_compilation_cache_dir == want
+
+
+def test_cache_directory_from_the_environment(no_cache, monkeypatch, tmp_path):
+    monkeypatch.setenv(ENV_COMPILATION_CACHE, str(tmp_path / "mine"))
+    assert _enable_compilation_cache() == str(tmp_path / "mine")
