@@ -41,6 +41,8 @@ DEFAULT_LR = {
     "adam": {"kernelized": 3e-3, "param-sobolev": 3e-3, "grad-penalty": 3e-3, "mmd-gd": 3e-3},
 }
 CRITICS = ("fixed", "mmd-gp", "smmd")
+#: ``--lr-schedule cosine`` decays the learning rate to this fraction of ``--lr`` at ``--steps``
+COSINE_FINAL_FRACTION = 0.01
 #: the adversarial critic's defaults: feature dimension, updates per generator step, Adam
 #: learning rate (b1 = 0.5, b2 = 0.9 as in MMD GAN work) and penalty weight
 FEATURES = 16
@@ -91,6 +93,14 @@ def add_parser(sub) -> None:
         type=_positive_float,
         default=None,
         help="generator learning rate (default: sgd mmd-gd 5, sgd others 0.5, adam 3e-3)",
+    )
+    t.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="generator learning-rate schedule: constant (default), or cosine decay over --steps "
+        "to 1%% (equal-time benchmark: kernelized held-out MMD^2 on 8gaussians 8.7e-3 -> 3.8e-3; "
+        "--steps then cannot change on --resume)",
     )
     t.add_argument(
         "--critic",
@@ -191,9 +201,12 @@ def _build(args, y_train, bandwidth):
         kw["direction_fn"] = sharding.direction_fn(_make_mesh(args.devices))
     if args.critic != "fixed":
         kw["critic"] = _critic(args, d, nnx.Rngs(args.seed + 1))
+    schedule = lr
+    if args.lr_schedule == "cosine":
+        schedule = optax.cosine_decay_schedule(lr, args.steps, alpha=COSINE_FINAL_FRACTION)
     trainer = train.GeneratorTrainer(
         gen,
-        getattr(optax, args.optimizer)(lr),
+        getattr(optax, args.optimizer)(schedule),
         kernel,
         kind=args.direction,
         reg=args.reg,
@@ -237,18 +250,21 @@ def _solver_settings(direction: str, trainer) -> dict:
 
 def _run_options(args, lr: float, bandwidth: float, trainer) -> dict:
     """The resolved options that define a run: a ``--resume`` must not change them."""
-    critic = {}
+    extra = {}
     if args.critic != "fixed":
-        critic = {
+        extra = {
             "critic_steps": args.critic_steps,
             "critic_lr": args.critic_lr,
             "penalty": args.penalty,
         }
+    if args.lr_schedule == "cosine":  # the schedule's horizon: a resume must keep it
+        extra["lr_schedule_steps"] = args.steps
     return {
         "direction": args.direction,
         "optimizer": args.optimizer,
+        "lr_schedule": args.lr_schedule,
         "critic": args.critic,
-        **critic,
+        **extra,
         "target": args.target,
         "n": args.n,
         "batch_size": args.batch_size,
@@ -274,7 +290,7 @@ def _option(key: str, value, args=None) -> str:
 
 
 #: the values of options added with the adversarial critics, for runs written before them
-_BEFORE_CRITICS = {"optimizer": "sgd", "critic": "fixed"}
+_BEFORE_CRITICS = {"optimizer": "sgd", "critic": "fixed", "lr_schedule": "constant"}
 
 
 def _check_resume(meta: dict, run: dict, data_sha: str, args, where: str) -> None:
@@ -292,6 +308,12 @@ def _check_resume(meta: dict, run: dict, data_sha: str, args, where: str) -> Non
     for key, value in run.items():
         if key == "target" and all(str(v).endswith(".npy") for v in (old.get(key), value)):
             continue  # a file may move: its data are compared below
+        if key == "lr_schedule_steps" and old.get(key) not in (None, value):
+            raise CLIError(
+                f"--resume: --steps {value} differs from the run in {where!r} (--steps "
+                f"{old[key]}), whose --lr-schedule cosine decays over its --steps: it cannot be "
+                "extended; start a new run"
+            )
         if key not in old or old[key] != value:
             raise CLIError(
                 f"--resume: {_option(key, value, args)} differs from the run in {where!r} "

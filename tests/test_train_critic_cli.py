@@ -61,3 +61,15 @@ def test_bad_critic_options_are_one_line_errors(tmp_path, capsys, extra, match):
     assert cli.main([*ARGS, "--steps", "1", *extra, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert match in err and err.count("\n") == 1
+
+
+def test_cosine_schedule_is_recorded_and_cannot_be_extended(tmp_path, target, capsys):
+    opts = [*ARGS, "--target", target, "--lr-schedule", "cosine", "--out", str(tmp_path / "c")]
+    assert cli.main([*opts, "--steps", "2"]) == 0
+    m = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert m["settings"]["lr_schedule"] == "cosine"
+    assert m["settings"]["lr_schedule_steps"] == 2
+    capsys.readouterr()
+    assert cli.main([*opts, "--steps", "4", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be extended" in err and err.count("\n") == 1
