@@ -5,7 +5,9 @@ the ``"mmd-gd"`` / ``"grad-penalty"`` baselines) lives in
 :mod:`mmdflow.kernelized` and is pure JAX. This module adds the Flax side:
 generators, the jitted pure training step (``nnx.split`` / ``nnx.merge`` around
 ``jax.jit``), an optax optimizer fed with ``-theta_dot`` as the gradient, a
-training loop with held-out MMD^2, and exact checkpoint / resume.
+training loop with held-out MMD^2, and exact checkpoint / resume. With an adversarial
+``critic`` (:mod:`mmdflow.critics`) the kernel is learned: an MMD GAN (MMD GAN-GP or Scaled
+MMD) whose generator steps along any of the directions.
 
 Example:
   >>> import jax, optax

@@ -41,6 +41,7 @@ NAMES = [
     "01_sobolev_2d_transport.ipynb",
     "02_color_transfer.ipynb",
     "03_mmd_flow_noise_injection.ipynb",
+    "05_mmd_gan_learned_kernels.ipynb",
 ]
 
 
@@ -96,3 +97,13 @@ def test_03_mmd_flow_noise_injection(monkeypatch):
         for r in runs.values():
             assert np.isfinite(r["mmd2"]).all()
             assert r["mmd2"][-1] < r["mmd2"][0]
+
+
+def test_05_mmd_gan_learned_kernels(monkeypatch):
+    ns = _run("05_mmd_gan_learned_kernels.ipynb", monkeypatch)
+    assert ns["SMALL"]
+    assert len(ns["runs"]) == 2
+    for (name, crit), (hist, samples) in ns["runs"].items():
+        assert np.isfinite(hist["eval_mmd2"]).all() and np.isfinite(samples).all(), (name, crit)
+        assert hist["eval_mmd2"][-1] < hist["eval_mmd2"][0], (name, crit)
+        assert len(hist["critic_mmd2"]) == len(hist["critic_penalty"]) == 6
