@@ -49,9 +49,14 @@ Parts (``--part``):
   within 10% of the equal-steps one are reused, not rerun).
 
 Usage:
-  python benchmarks/mmd_gan_stability.py --quick                 # smoke run, < 1 min
-  python benchmarks/mmd_gan_stability.py --part stability        # ~15-20 min on 2 loaded cores
-  python benchmarks/mmd_gan_stability.py --part compare          # ~15-20 min (reads the above)
+  python benchmarks/mmd_gan_stability.py --quick                 # smoke run, ~45-60 s (loaded)
+  python benchmarks/mmd_gan_stability.py --part stability        # 18 min on 2 loaded cores
+  python benchmarks/mmd_gan_stability.py --part compare --datasets 8gaussians grid25 emb10
+                                                                 # 10 min (reads the above)
+
+Digits are slow on CPU: the kernelized step with the conv generator and critic took 11-15 s
+(10-step probe, 2 loaded cores), so the RESULTS.md run left them out.
+No pytest smoke test: ``--quick`` takes longer than the 10 s CI allowance (compilation).
 
 JSON + PNG per part: ``benchmarks/results/mmd_gan_{stability,compare}_<platform>[_quick]``.
 """
@@ -239,12 +244,12 @@ def make_evaluate(tr, ds: dict, n_eval: int):
     k, y, ones, kyy = ds["kernel"], ds["y_eval"], ds["ones"], ds["kyy"]
 
     @jax.jit
-    def evaluate(params):
+    def _evaluate(params, z, y, ones):  # arrays as arguments: no constant folding of y y^T
         x = tr.gen_fn(params, z)
         overlap = jnp.mean(kernel_matvec(k, x, y, ones)) / kyy
         return mmd2(x, y, k, estimator="unbiased"), overlap
 
-    return evaluate, z
+    return (lambda params: _evaluate(params, z, y, ones)), z
 
 
 def run_one(tr, ds, evaluate, z_eval, method, lr, seed, steps, eval_every) -> dict:
