@@ -222,30 +222,3 @@ def test_blocked_result_type_follows_the_tile_with_several_blocks():
         out = ops.kernel_matvec(k, x, x, w, impl="blocked", block_size=bs)
         assert out.dtype == dense.dtype, bs
         np.testing.assert_allclose(out, dense, rtol=1e-6)
-
-
-@pytest.mark.parametrize(
-    ("shift", "spread", "bw", "d", "tol"),
-    [
-        (0.0, 1.0, 2.0, 2, 1e-5),  # closed form (~1e-6)
-        (100.0, 1.0, 0.1, 2, 2e-6),  # pairwise: the closed form would give ~8e-6
-        (100.0, 1.0, 0.1, 3, 2e-6),
-        (0.0, 10.0, 0.1, 2, 2e-6),  # closed ~1e-5
-    ],
-)
-def test_float32_grad_matvec_far_from_centre(shift, spread, bw, d, tol, rng):
-    """Radial ``grad_block`` (d <= 8): the closed form where accurate, pairwise where not.
-
-    Points far from the centre relative to the bandwidth, where the closed form's two terms
-    would cancel to 1e-5-ish, keep the pairwise form's accuracy (~2e-7 of float64), with
-    coincident pairs, in the default tiles and in small ones.
-    """
-    n = m = 2000
-    y = (rng.normal(size=(m, d)) * spread + shift).astype(np.float32)
-    x = np.concatenate([y[:50], (rng.normal(size=(n - 50, d)) * spread + shift)]).astype(np.float32)
-    w = rng.uniform(0.5, 1.5, size=m).astype(np.float32)
-    k = kernels.Gaussian(bw)
-    G = np.einsum("ijd,j->id", ref_grad_x("gaussian", x, y, {"bw": bw}), w.astype(np.float64))
-    for bs in (ops.DEFAULT_BLOCK_SIZE, (256, 512)):
-        got = ops.kernel_grad_matvec(k, x, y, w, impl="blocked", block_size=bs)
-        assert _rel(got, G) <= tol, bs

@@ -25,12 +25,6 @@ DIRECT_MAX_D = 8
 # to this dimension, the centred GEMM form above it (the direct form's d reductions over
 # ``[n, m]`` tiles get 2-5x slower than the GEMMs from d = 4 on XLA:CPU).
 HESS_DIRECT_MAX_D = 3
-# Radial ``grad_block`` up to ``DIRECT_MAX_D`` dimensions: a tile uses the closed form (one
-# GEMM) when its rounding scale ``sum_j |phi'_ij w_j| (|x_i| + |y_j|)`` (centred points) is
-# at most this many times the tile's largest result entry, the pairwise form otherwise.
-# Measured (fp32, error relative to the largest entry of a float64 reference): scale ratio 1-2
-# gives ~1e-6, 30-65 (points 3 bandwidths off-centre) 3-8e-6, 200-660 1-5e-5; pairwise ~2e-7.
-GRAD_CLOSED_MAX_AMP = 16.0
 
 
 def _pytree(data: tuple[str, ...] = (), meta: tuple[str, ...] = ()):
@@ -309,62 +303,24 @@ class RadialKernel(Kernel):
         return self.profile(sqdist(x, y))
 
     def grad_block(self, x, y, w):
-        """``2 sum_j w_j phi'(s_ij) (x_i - y_j)``, in closed form where that is accurate.
-
-        The closed form ``2 [x_i (G w)_i - (G (w y))_i]`` with ``G_ij = phi'(s_ij)`` is one
-        matrix product of the ``[n, m]`` tile ``G`` against the stacked ``[w, w y]``. Its two
-        terms cancel to ``O(|x_i - y_j|)`` from ``O(|x_i|, |y_j|)``, so it runs on centred
-        points (``ops`` centres them above ``DIRECT_MAX_D``; up to it, at the tile's ``y``
-        mean; the centre carries no gradient, ``k`` being translation invariant), and a coincident pair (``s == 0``, exact by :func:`sqdist`) contributes 0,
-        as ``g (x_i - y_j) = 0`` does, instead of the two terms' rounding residue.
-
-        Up to ``DIRECT_MAX_D`` dimensions ``s`` comes from direct differences and the same
-        product also gives the closed form's rounding scale, row ``i``:
-        ``sum_j |G_ij| |w_j| (|x_i|_inf + |y_j|_inf)`` (two more columns, ``|w|`` and
-        ``|w| |y|_inf``). A tile whose scale exceeds ``GRAD_CLOSED_MAX_AMP`` times its largest
-        result entry (points far from the centre relative to the kernel's length scale), or
-        with ``phi' > 0`` somewhere in the tile (the scale from ``|G |w||`` would then not
-        bound ``|G| |w|``; every built-in profile has ``phi' <= 0``), is computed in the
-        pairwise form ``2 sum_j G_ij (x_{i,a} - y_{j,a}) w_j``, one product
-        per coordinate (the reference form, no cancellation). Above ``DIRECT_MAX_D`` the
-        closed form is always used (``ops`` centres the points for the GEMM distances).
-        """
+        s = sqdist(x, y)
+        g = self.profile_grad(s)  # [n, m]
         n, d = x.shape
         m, k = w.shape
-        if d > DIRECT_MAX_D:
-            s = sqdist(x, y)
-            # a coincident pair (s == 0, exact by sqdist) contributes g (x_i - y_j) = 0, but its
-            # two GEMM terms would leave a rounding residue of order eps |g| |x|; drop it
-            g = jnp.where(s == 0, jnp.zeros_like(s), self.profile_grad(s))
-            gw = jnp.matmul(g, w, precision=HIGHEST)  # [n, k]
-            wy = (w[:, :, None] * y[:, None, :]).reshape(m, k * d)
-            gwy = jnp.matmul(g, wy, precision=HIGHEST).reshape(n, k, d)
-            return 2.0 * (gw[:, :, None] * x[:, None, :] - gwy)
-        s = sqdist(x, y)  # direct differences: exact zeros, translation exact
-        g = jnp.where(s == 0, jnp.zeros_like(s), self.profile_grad(s))  # [n, m]
-        c = jax.lax.stop_gradient(jnp.mean(y, axis=0, keepdims=True))
-        xc, yc = x - c, y - c
-        aw = jnp.abs(w)
-        rhs = [w, (w[:, :, None] * yc[:, None, :]).reshape(m, k * d), aw]
-        rhs.append(aw * jnp.max(jnp.abs(yc), axis=1, keepdims=True))
-        r = jnp.matmul(g, jnp.concatenate(rhs, axis=1), precision=HIGHEST)  # [n, 3k + k d]
-        gw, gwy = r[:, :k], r[:, k : k + k * d].reshape(n, k, d)
-        closed = 2.0 * (gw[:, :, None] * xc[:, None, :] - gwy)
-        xa = jnp.max(jnp.abs(xc), axis=1, keepdims=True)
-        scale = 2.0 * (jnp.abs(r[:, -2 * k : -k]) * xa + jnp.abs(r[:, -k:]))  # [n, k]
-        # phi' <= 0 on the tile (every built-in profile is non-increasing): |G |w|| = |G| |w|
-        ok = (jnp.max(g) <= 0) & (jnp.max(scale) <= GRAD_CLOSED_MAX_AMP * jnp.max(jnp.abs(closed)))
-
-        # checkpointed: in reverse mode the branch keeps only its inputs, not d more tiles
-        @jax.checkpoint
-        def pairwise(g, x, y, w):
+        if d <= DIRECT_MAX_D:
             cols = []
             for a in range(d):
                 da = x[:, a, None] - y[None, :, a]  # [n, m]
                 cols.append(jnp.matmul(g * da, w, precision=HIGHEST))  # [n, k]
             return 2.0 * jnp.stack(cols, axis=-1)
-
-        return jax.lax.cond(ok, lambda *_: closed, pairwise, g, x, y, w)
+        # GEMM form x_i sum_j g_ij w_j - sum_j g_ij w_j y_j: a coincident pair (s == 0, exact
+        # by sqdist) contributes g (x_i - y_j) = 0, but its two GEMM terms would leave a
+        # rounding residue of order eps |g| |x|; drop it
+        g = jnp.where(s == 0, jnp.zeros_like(g), g)
+        gw = jnp.matmul(g, w, precision=HIGHEST)  # [n, k]
+        wy = (w[:, :, None] * y[:, None, :]).reshape(m, k * d)
+        gwy = jnp.matmul(g, wy, precision=HIGHEST).reshape(n, k, d)
+        return 2.0 * (gw[:, :, None] * x[:, None, :] - gwy)
 
     def hess_block(self, x, y, e):
         """``sum_j [-2 phi'(s_ij) e_j - 4 phi''(s_ij) r_ij (r_ij . e_j)]`` with ``r_ij = x_i - y_j``.
