@@ -30,7 +30,8 @@ Example:
   >>> critic = critics.Critic(feats, kernels.Gaussian(1.0), kind="mmd-gp")
   >>> params, opt_state = critic.init()
   >>> x = jax.random.normal(jax.random.key(0), (64, 2)); y = x + 1.0
-  >>> params, opt_state, aux = critic.update(params, opt_state, x, y, jax.random.key(1))
+  >>> update = jax.jit(critic.update)  # one compiled critic step
+  >>> params, opt_state, aux = update(params, opt_state, x, y, jax.random.key(1))
   >>> sorted(aux)
   ['loss', 'mmd2', 'penalty']
 """
