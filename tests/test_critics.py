@@ -86,11 +86,10 @@ def test_critic_loss_gradients_match_finite_differences(case, kind):
     check_grads(f, (pj,), order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("kind", critics.CRITICS)
-def test_critic_updates_raise_the_learned_mmd(kind, rng):
+def test_critic_updates_raise_the_learned_mmd(rng):
     x = jnp.asarray(rng.normal(size=(64, 2)), jnp.float32)
     feats = critics.MLPFeatures(2, 8, (16,), rngs=nnx.Rngs(0))
-    c = critics.Critic(feats, kernels.Gaussian(1.0), kind=kind, optimizer=optax.adam(1e-2))
+    c = critics.Critic(feats, kernels.Gaussian(1.0), kind="mmd-gp", optimizer=optax.adam(1e-2))
     params, opt = c.init()
     upd = jax.jit(c.update)
     first = None

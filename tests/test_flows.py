@@ -109,7 +109,7 @@ def test_feature_space_and_sample_space_forms_agree(solver, rng):
     @jax.jit  # one compilation instead of many eager ones
     def both(x, y, z):
         c1 = sobolev.rff_critic(rff, x, y, 0.05)
-        kf = features.FeatureKernel(rff)
+        kf = features.rff_kernel(rff)
         c2 = sobolev.exact_critic(kf, x, y, 0.05, solver=solver, cg_tol=1e-13, cg_maxiter=5000)
         return [
             (c2.grad_at_x, c1.grad(x)),

@@ -102,8 +102,8 @@ def test_03_mmd_flow_noise_injection(monkeypatch):
 def test_05_mmd_gan_learned_kernels(monkeypatch):
     ns = _run("05_mmd_gan_learned_kernels.ipynb", monkeypatch)
     assert ns["SMALL"]
-    assert len(ns["runs"]) == 2
+    assert list(ns["runs"]) == [("kernelized SGD", "smmd")]
     for (name, crit), (hist, samples) in ns["runs"].items():
         assert np.isfinite(hist["eval_mmd2"]).all() and np.isfinite(samples).all(), (name, crit)
         assert hist["eval_mmd2"][-1] < hist["eval_mmd2"][0], (name, crit)
-        assert len(hist["critic_mmd2"]) == len(hist["critic_penalty"]) == 6
+        assert len(hist["critic_mmd2"]) == len(hist["critic_penalty"]) == 4
