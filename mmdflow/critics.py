@@ -177,9 +177,8 @@ class Critic:
             raise ValueError(f"`kind` must be one of {CRITICS}; got {self.kind!r}.")
         if not (isinstance(self.steps, int) and self.steps >= 1):
             raise ValueError(f"`steps` must be an int >= 1; got {self.steps!r}.")
-        if not (isinstance(self.penalty, int | float) and np.isfinite(self.penalty)):
-            raise ValueError(f"`penalty` must be a finite number >= 0; got {self.penalty!r}.")
-        if self.penalty < 0:
+        ok = isinstance(self.penalty, int | float) and np.isfinite(self.penalty)
+        if not (ok and self.penalty >= 0):
             raise ValueError(f"`penalty` must be a finite number >= 0; got {self.penalty!r}.")
         graphdef, params = nnx.split(self.features)
         object.__setattr__(self, "_apply", _Apply(graphdef))
