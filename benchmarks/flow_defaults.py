@@ -40,6 +40,7 @@ markdown table (one row per case, one column group per setting).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -105,32 +106,34 @@ NEURAL = {
 
 
 def sobolev_default() -> dict:
-    """The Sobolev setting the CLI uses now (from ``mmdflow.cli._common``)."""
+    """The Sobolev setting the CLI uses now (``SobolevField.defaults_for``'s constants)."""
+    from mmdflow.fields import _sobolev as S
+
     return dict(
         kernel="mixture",
         factors=tuple(cli.MIXTURE_FACTORS),
-        features=cli.DEFAULT_NUM_FEATURES,
+        features=S.DEFAULT_NUM_FEATURES,
         fixed=False,
-        step=cli.SOBOLEV_STEP_SIZE,
-        reg=cli.SOBOLEV_REG,
+        step=S.STEP_SIZE,
+        reg=S.REG,
         normalize=False,
-        max_move=cli.SOBOLEV_MAX_MOVE,
+        max_move=S.MAX_MOVE,
     )
 
 
 def neural_default() -> dict:
     """The neural setting the CLI uses now (constants, and the stepper's own defaults)."""
-    from mmdflow import neural
+    from mmdflow.fields import _neural as N
 
-    fields = {f.name: f.default for f in neural.NeuralSobolevDescent.__dataclass_fields__.values()}
+    defaults = {f.name: f.default for f in dataclasses.fields(N.NeuralSobolevField)}
     return dict(
-        step=cli.NEURAL_STEP_FACTOR,
-        critic_steps=fields["critic_steps"],
-        startup=fields["startup_critic_steps"],
-        rho=fields["rho"],
-        lr=getattr(neural, "DEFAULT_LR", 1e-3),
-        hidden=(64, 64),
-        reset=fields["reset_optimizer"],
+        step=N.STEP_FACTOR,
+        critic_steps=defaults["critic_steps"],
+        startup=defaults["startup_critic_steps"],
+        rho=defaults["rho"],
+        lr=1e-3,
+        hidden=N.DEFAULT_HIDDEN,
+        reset=defaults["reset_optimizer"],
         decay=1.0,
     )
 
@@ -219,7 +222,8 @@ def make_sobolev(cfg: dict, bw: float):
         k = kernels.MixtureRBF(np.asarray([bw * f for f in cfg["factors"]], np.float32))
     nf = cfg["features"]
     cap = cfg.get("max_move")
-    return flows.KernelSobolevDescent(
+    return flows.make(
+        "sobolev",
         k,
         step_size=cfg["step"],
         reg=cfg["reg"] / bw**2,
@@ -234,9 +238,9 @@ def make_neural(cfg: dict, bw: float, d: int, seed: int):
     """The CLI's ``--method neural-sobolev`` stepper for setting ``cfg``."""
     import optax
 
-    from mmdflow import neural
+    from mmdflow import fields
 
-    critic = neural.mlp_critic(d, hidden=cfg["hidden"], key=jax.random.key(seed + 2))
+    critic = fields.mlp_critic(d, hidden=cfg["hidden"], key=jax.random.key(seed + 2))
     step = cfg["step"] * bw
     if cfg["decay"] != 1.0:  # geometric decay to `decay` x the step at the last step
         rate, total = float(cfg["decay"]), float(cfg["_steps"])
@@ -244,8 +248,9 @@ def make_neural(cfg: dict, bw: float, d: int, seed: int):
     kw = {}
     if cfg["startup"] is not None:
         kw["startup_critic_steps"] = cfg["startup"]
-    return neural.NeuralSobolevDescent(
-        critic,
+    return flows.make(
+        "neural-sobolev",
+        critic=critic,
         optimizer=optax.adam(cfg["lr"]),
         critic_steps=cfg["critic_steps"],
         step_size=step,

@@ -3,7 +3,7 @@
 Steppers (``mmdflow.flows``), each ``jax.jit(stepper.step)`` on ``n`` particles in ``d``
 dimensions moving towards ``n`` target points, float32:
 
-* ``sobolev_rff``: :class:`~mmdflow.flows.KernelSobolevDescent` with ``--features`` (m)
+* ``sobolev_rff``: the ``"sobolev"`` flow with ``--features`` (m)
   random Fourier features, target embedding cached in the state (the steady-state step).
   Its cost is dominated by the gradient covariance ``S^T diag(a) S`` (``S = sin(x W^T + b)``,
   ``[n, m]``): a GEMM of ``2 n m^2`` flops. Reported: ``model_flops`` (the count below),
@@ -14,7 +14,7 @@ dimensions moving towards ``n`` target points, float32:
 * ``sobolev_exact``: the exact-kernel critic solved matrix-free by conjugate gradients
   (``solver="cg"``), exactly ``--cg-iters`` iterations (``cg_tol=1e-30``); each iteration is one
   blocked cross-Hessian kernel sum over the ``n^2`` particle pairs. Reported per iteration too.
-* ``mmd_flow``: :class:`~mmdflow.flows.MMDFlow` (witness-gradient step with noise injection):
+* ``mmd_flow``: the ``"mmd"`` flow (witness-gradient step with noise injection):
   two gradient kernel sums, ``n^2`` pairs each; Gpairs/s is ``2 n^2 / run_s``.
 
 Model flop count of ``sobolev_rff`` (dominant terms; ``transcendentals`` counted apart):
@@ -72,13 +72,19 @@ def rff_model_flops(n: int, m: int, d: int) -> float:
 def make_stepper(name: str, args, d: int):
     k = kernels.Gaussian(jnp.float32(np.sqrt(2.0 * d)))
     if name == "sobolev_rff":
-        return flows.KernelSobolevDescent(k, step_size=0.5, reg=0.1, num_features=args.features)
+        return flows.make("sobolev", k, step_size=0.5, reg=0.1, num_features=args.features)
     if name == "sobolev_exact":
-        return flows.KernelSobolevDescent(
-            k, step_size=0.5, reg=0.1, solver="cg", cg_tol=1e-30, cg_maxiter=args.cg_iters
+        return flows.make(
+            "sobolev",
+            k,
+            step_size=0.5,
+            reg=0.1,
+            solver="cg",
+            cg_tol=1e-30,
+            cg_maxiter=args.cg_iters,
         )
     if name == "mmd_flow":
-        return flows.MMDFlow(k, step_size=1.0, noise_level=0.1, impl=args.impl)
+        return flows.make("mmd", k, step_size=1.0, noise_level=0.1, impl=args.impl)
     raise ValueError(f"unknown stepper {name!r}; choose from {STEPPERS}")
 
 

@@ -29,7 +29,7 @@ import jax, jax.numpy as jnp, numpy as np
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 import mmdflow
-from mmdflow import flows, kernels, ops, sharding as S
+from mmdflow import fields, flows, kernels, ops, sharding as S
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 out = {"device_count": jax.device_count()}
@@ -82,7 +82,7 @@ def references(x, y, wx, wy, W, xe, ye):
 
 
 ref = references(x, y, wx, wy, W, xe, ye)
-uf = flows.MMDFlow(k, step_size=0.5, noise_level=noise)
+uf = flows.make("mmd", k, step_size=0.5, noise_level=noise)
 s0, h0 = flows.run(uf, x, y, num_steps=4, key=jax.random.key(3), record_every=4)
 for st in S.STRATEGIES:
     r = {}
@@ -128,7 +128,7 @@ out["explicit_mmd2"] = rel(S.sharded_mmd2(x, y, k, emesh, wx=wx, wy=wy, block_si
                            ref["mmd2_points"])
 # random-feature Sobolev descent on sharded inputs (GSPMD propagation, flows unchanged)
 sh = NamedSharding(mesh, P("data"))
-sd = flows.KernelSobolevDescent(k, step_size=0.5, reg=0.1, num_features=64)
+sd = flows.make("sobolev", k, step_size=0.5, reg=0.1, num_features=64)
 steps = jax.jit(lambda s, y: flows.scan(sd, s, y, 3)[0])
 s1 = steps(sd.init(jax.device_put(xe, sh), jax.random.key(1)), jax.device_put(ye, sh))
 s0 = steps(sd.init(xe, jax.random.key(1)), ye)
@@ -142,7 +142,7 @@ out["mmd2_even"] = rel(S.sharded_mmd2(xe, ye, k, mesh, block_size=bs), ref["mmd2
 
 # exact-kernel Sobolev descent (sharded CG critic) vs the single-device CG stepper
 xs_, ys_, ws_ = x[:203], y[:150], wx[:203]  # uneven
-u = flows.KernelSobolevDescent(k, step_size=0.5, reg=0.1, solver="cg", cg_tol=1e-10)
+u = flows.make("sobolev", k, step_size=0.5, reg=0.1, solver="cg", cg_tol=1e-10)
 s0, h0 = flows.run(u, xs_, ys_, num_steps=3, key=jax.random.key(3), record_every=3, wx=ws_)
 for st in S.STRATEGIES:
     sd = S.ShardedKernelSobolevDescent(k, mesh, step_size=0.5, reg=0.1, cg_tol=1e-10,
@@ -153,12 +153,26 @@ for st in S.STRATEGIES:
                                    rel(h1["critic"][1:], h0["critic"][1:]))
     out[st]["sobolev_exact_spec"] = spec(s1.x)
 # random features through ShardedStepper (uneven n, features redrawn every step)
-rs = flows.KernelSobolevDescent(k, step_size=0.5, reg=0.1, num_features=32, resample_features=True)
+rs = flows.make("sobolev", k, step_size=0.5, reg=0.1, num_features=32, resample_features=True)
 a0, g0 = flows.run(rs, xs_, ys_, num_steps=3, key=jax.random.key(1), record_every=3)
 ss = S.ShardedStepper(rs, mesh)
 a1, g1 = flows.run(ss, xs_, ys_, num_steps=3, key=jax.random.key(1), record_every=3)
 out["stepper_rff"] = max(rel(ss.particles(a1), a0.x), rel(g1["mmd2"], g0["mmd2"]))
 out["stepper_rff_spec"] = spec(a1.x)
+# every registry flow at its defaults: the padded, sharded run equals the one-device run
+out["registry"] = {}
+for name in flows.FLOWS:
+    kw = flows.FLOWS[name].defaults_for(k, 0.9, xs_.shape[0], 2, jax.random.key(7))
+    fl = flows.make(name, **kw)
+    b0, c0 = flows.run(fl, xs_, ys_, num_steps=3, key=jax.random.key(2), record_every=3, wx=ws_)
+    sf = S.ShardedStepper(fl, mesh)
+    b1, c1 = flows.run(sf, xs_, ys_, num_steps=3, key=jax.random.key(2), record_every=3, wx=ws_)
+    err = max(rel(sf.particles(b1), b0.x), rel(c1["mmd2"], c0["mmd2"]),
+              rel(c1["kinetic"][1:], c0["kinetic"][1:]))
+    # the coarsest float in the state (a neural critic's parameters are float32)
+    eps = max(float(jnp.finfo(a.dtype).eps) for a in jax.tree.leaves(b0)
+              if jnp.issubdtype(a.dtype, jnp.floating))
+    out["registry"][name] = {"rel": err, "eps": eps}
 
 # data-parallel generator step (Flax generator, uneven batches): direction + optax update
 import optax
@@ -227,11 +241,10 @@ for name, extra in cases:
                           "devices": m1["settings"]["devices"],
                           "mmd2": rel(m1["history"]["mmd2"], m0["history"]["mmd2"])}
 # neural Sobolev descent needs no wrapper: jit partitions its critic updates (GSPMD)
-from mmdflow import neural
 def neural_run(xa, ya):
-    crit = neural.mlp_critic(2, hidden=(16, 16), key=jax.random.key(5))
-    s = neural.NeuralSobolevDescent(crit, optax.adam(1e-3), critic_steps=2, step_size=0.1,
-                                    kernel=kernels.Gaussian(1.0))
+    crit = fields.mlp_critic(2, hidden=(16, 16), key=jax.random.key(5))
+    s = flows.make("neural-sobolev", kernels.Gaussian(1.0), critic=crit,
+                   optimizer=optax.adam(1e-3), critic_steps=2, step_size=0.1)
     return flows.run(s, xa, ya, num_steps=2, key=jax.random.key(0))[0].x
 xn, yn = np.asarray(xe[:64], np.float64), np.asarray(ye[:96], np.float64)
 ln = neural_run(xn, yn)

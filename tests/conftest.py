@@ -44,7 +44,8 @@ def pytest_collection_finish(session):
     # the 8-device sharding checks compile for about a minute in a subprocess: start it now,
     # so that it runs beside the other tests instead of stalling the worker that needs it
     if any(
-        item.path.name == "test_sharding.py" and "results" in getattr(item, "fixturenames", ())
+        item.path.name in ("test_sharding.py", "test_flow_contract.py")
+        and "results" in getattr(item, "fixturenames", ())
         for item in session.items
     ):
         _sharding_checks.start(_sharding_checks.shared_dir(session.config))

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from _files import BAD_POINT_FILES, bad_point_files
 
-from mmdflow import cli, plots
+from mmdflow import cli, fields, plots
+from mmdflow.fields import _sobolev as FS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HISTORY_KEYS = {"step", "mmd2", "kinetic", "critic", "wall_time"}
@@ -71,12 +72,12 @@ def test_flow_sobolev_writes_everything(tmp_path, capsys):
     # every default is resolved and recorded
     assert s["method"] == "sobolev" and s["source"] == "gaussian" and s["target"] == "8gaussians"
     assert (s["n_particles"], s["d"], s["steps"]) == (200, 2, 20)
-    assert s["step_size"] == cli.SOBOLEV_STEP_SIZE and s["reg"] == cli.SOBOLEV_REG
+    assert s["step_size"] == FS.STEP_SIZE and s["reg"] == FS.REG
     assert s["bandwidth"] > 0 and "median" in s["bandwidth_rule"]
     assert s["reg_absolute"] == pytest.approx(s["reg"] / s["bandwidth"] ** 2)  # scale-free reg
     assert s["kernel"]["type"] == "MixtureRBF" and len(s["kernel"]["bandwidths"]) == 4
     # n*d = 400 > EXACT_MAX_SIZE: random features, and the rule says so
-    assert s["critic"] == "rff" and s["num_features"] == cli.DEFAULT_NUM_FEATURES
+    assert s["critic"] == "rff" and s["num_features"] == FS.DEFAULT_NUM_FEATURES
     assert "auto" in s["num_features_rule"] and "every step" in s["features"]
     t = m["timings"]
     for key in ("total_s", "flow_s", "first_chunk_s", "compile_s_estimate", "per_step_s"):
@@ -128,7 +129,7 @@ def test_flow_mmd_method_npy_files_and_pca(tmp_path, capsys):
     m = _metrics(out)
     s = m["settings"]
     assert s["method"] == "mmd" and s["n_target"] == 90 and s["d"] == 3
-    assert s["step_size"] == pytest.approx(cli.MMD_STEP_FACTOR * s["bandwidth"] ** 2)
+    assert s["step_size"] == pytest.approx(fields._mmd.STEP_FACTOR * s["bandwidth"] ** 2)
     assert _check_history(m)["step"] == [0, 5, 10]
     assert m["history"]["mmd2"][-1] < m["history"]["mmd2"][0]
     assert _png_ok(out / "flow.png")  # d = 3: PCA projection
@@ -163,7 +164,6 @@ def test_flow_exact_critic(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_flow_neural_sobolev(tmp_path, capsys):
-    pytest.importorskip("mmdflow.neural")
     out = tmp_path / "neural"
     rc, _, err = _run(
         capsys, "flow", "--method", "neural-sobolev", "--n", 64, "--steps", 3, "--out", out
@@ -429,8 +429,8 @@ def test_mmd2_change_says_higher_when_it_rose():
 
 def test_resolve_num_features():
     assert cli.resolve_num_features("auto", 10, 2)[0] is None
-    n_big = cli.EXACT_MAX_SIZE // 2 + 1
-    assert cli.resolve_num_features("auto", n_big, 2)[0] == cli.DEFAULT_NUM_FEATURES
+    n_big = FS.EXACT_MAX_SIZE // 2 + 1
+    assert cli.resolve_num_features("auto", n_big, 2)[0] == FS.DEFAULT_NUM_FEATURES
     assert cli.resolve_num_features("exact", 10_000, 2)[0] is None
     assert cli.resolve_num_features(64, 10, 2)[0] == 64
 

@@ -14,6 +14,8 @@ from _scripts import load_benchmark
 
 from mmdflow import cli, flows, kernels
 from mmdflow.cli import _common as C
+from mmdflow.fields import _neural as FN
+from mmdflow.fields import _sobolev as FS
 
 
 def _far_source(n: int, d: int, seed: int = 0):
@@ -46,8 +48,8 @@ def _mixture_mmd2(x, y, bw):
 def test_max_move_caps_each_particle_and_keeps_direction():
     x0, y = _far_source(40, 3)
     k = kernels.Gaussian(0.5)
-    free = flows.KernelSobolevDescent(k, step_size=1.0, reg=1e-3)
-    capped = flows.KernelSobolevDescent(k, step_size=1.0, reg=1e-3, max_move=0.05)
+    free = flows.make("sobolev", k, step_size=1.0, reg=1e-3)
+    capped = flows.make("sobolev", k, step_size=1.0, reg=1e-3, max_move=0.05)
     s0 = free.init(jnp.asarray(x0), jax.random.key(0))
     (a, aux_a), (b, aux_b) = jax.jit(free.step)(s0, y), jax.jit(capped.step)(s0, y)
     da, db = np.asarray(a.x - s0.x), np.asarray(b.x - s0.x)
@@ -64,11 +66,11 @@ def test_max_move_caps_each_particle_and_keeps_direction():
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
 def test_max_move_must_be_positive(bad):
     with pytest.raises(ValueError, match="max_move"):
-        flows.KernelSobolevDescent(kernels.Gaussian(1.0), max_move=bad)
+        flows.make("sobolev", kernels.Gaussian(1.0), max_move=bad)
 
 
 def test_default_max_move_is_a_fraction_of_the_bandwidth():
-    assert 0 < C.SOBOLEV_MAX_MOVE <= 0.5
+    assert 0 < FS.MAX_MOVE <= 0.5
 
 
 # --------------------------------------------------------------------------- far source
@@ -82,7 +84,7 @@ def test_far_source_3d_cli_leaves_no_particle_behind_or_flung(tmp_path, capsys):
     radius 15-30 (the narrow mixture components' critic gradient ~ 1/q there), where
     every kernel term vanishes: MMD^2 stalled at ~170x lower with 12 particles > 2
     target spacings from any target sample. With the step capped at
-    ``SOBOLEV_MAX_MOVE * bandwidth`` none is (the farthest: 0.4 spacings), and MMD^2 falls
+    ``MAX_MOVE * bandwidth`` none is (the farthest: 0.4 spacings), and MMD^2 falls
     1,600x in 100 steps (143x in 150 without the cap).
     """
     x0, y = _far_source(300, 3)
@@ -100,7 +102,7 @@ def test_far_source_3d_cli_leaves_no_particle_behind_or_flung(tmp_path, capsys):
     gap = _nearest(x, y) / spacing
     assert gap.max() < 2.0, np.sort(gap)[-5:]
     assert m["summary"]["mmd2_reduction"] > 500
-    assert m["settings"]["max_move"] == pytest.approx(C.SOBOLEV_MAX_MOVE)
+    assert m["settings"]["max_move"] == pytest.approx(FS.MAX_MOVE)
 
 
 @pytest.mark.parametrize("d", [5, 10])
@@ -109,14 +111,9 @@ def test_far_source_library_defaults(d):
     x0, y = _far_source(200, d)
     bw = float(kernels.median_bandwidth(x0, y))
     k = kernels.MixtureRBF(np.asarray([bw * f for f in C.MIXTURE_FACTORS], np.float32))
-    stepper = flows.KernelSobolevDescent(
-        k,
-        step_size=C.SOBOLEV_STEP_SIZE,
-        reg=C.SOBOLEV_REG / bw**2,
-        num_features=C.DEFAULT_NUM_FEATURES,
-        resample_features=True,
-        max_move=C.SOBOLEV_MAX_MOVE * bw,
-    )
+    kw = flows.FLOWS["sobolev"].defaults_for(k, bw, 200, d, None)
+    assert kw["num_features"] and kw["resample_features"]  # n * d > EXACT_MAX_SIZE
+    stepper = flows.make("sobolev", **kw)
     state, _ = jax.jit(lambda s: flows.scan(stepper, s, jnp.asarray(y), 100))(
         stepper.init(jnp.asarray(x0), jax.random.key(0))
     )
@@ -136,7 +133,7 @@ def test_flow_defaults_benchmark_quick(tmp_path):
     assert json.loads(out.read_text())["metadata"]["schema"] == bench.SCHEMA
     recs = res["records"]
     assert [(r["case"], r["setting"]) for r in recs] == [("far3d", "default")]
-    assert recs[0]["config"]["max_move"] == C.SOBOLEV_MAX_MOVE
+    assert recs[0]["config"]["max_move"] == FS.MAX_MOVE
     assert bench.settings_for("sobolev", "old", {})["max_move"] is None
     assert all(np.isfinite(r["mmd2_end"]) and r["reduction"] > 1 for r in recs)
     assert "| far3d | default |" in bench.markdown_table(res["summary"])
@@ -150,10 +147,9 @@ def test_neural_letter_cli_defaults_do_not_stall(tmp_path, capsys):
     """Issue 13: ``--method neural-sobolev --target letter`` stalled at 12x (1000 points).
 
     The critic is normalised, so particles move at about ``step_size`` per step until the
-    end; with ``NEURAL_STEP_FACTOR = 0.025`` that jitter stalls MMD^2 (here, 300 points and
+    end; with ``STEP_FACTOR = 0.025`` that jitter stalls MMD^2 (here, 300 points and
     150 steps: 16x lower). With 0.005: 38x, still decreasing.
     """
-    pytest.importorskip("mmdflow.neural")
     out = tmp_path / "out"
     rc = cli.main(
         ["flow", "--method", "neural-sobolev", "--target", "letter", "--n", "300"]
@@ -164,6 +160,4 @@ def test_neural_letter_cli_defaults_do_not_stall(tmp_path, capsys):
     mmd2 = np.asarray(m["history"]["mmd2"])
     assert m["summary"]["mmd2_reduction"] > 25
     assert mmd2[-1] <= 1.2 * mmd2.min()
-    assert m["settings"]["step_size"] == pytest.approx(
-        C.NEURAL_STEP_FACTOR * m["settings"]["bandwidth"]
-    )
+    assert m["settings"]["step_size"] == pytest.approx(FN.STEP_FACTOR * m["settings"]["bandwidth"])

@@ -7,7 +7,7 @@ import pytest
 from _refs import grad_x as ref_grad_x
 
 import mmdflow
-from mmdflow import features, flows, kernels, sobolev
+from mmdflow import features, fields, flows, kernels, sobolev
 
 
 def _problem(rng, n=40, m=35, d=2):
@@ -86,7 +86,7 @@ def test_rff_step_memory_does_not_grow_with_n(monkeypatch):
     # the compiled cached-embedding RFF step holds one [RFF_BLOCK_ROWS, m] block of features,
     # not [n, m]: 16x more particles, about the same temporaries (only O(n d) more)
     monkeypatch.setattr(sobolev, "RFF_BLOCK_ROWS", 256)
-    s = flows.KernelSobolevDescent(kernels.Gaussian(1.0), reg=0.1, num_features=128)
+    s = flows.make("sobolev", kernels.Gaussian(1.0), reg=0.1, num_features=128)
 
     def temp_bytes(n):
         x = jnp.zeros((n, 2), jnp.float32)
@@ -154,7 +154,7 @@ def test_large_reg_limit_is_the_mmd_flow(rng):
 def test_small_steps_decrease_mmd_monotonically(num_features, rng):
     x, y = _problem(rng, n=50, m=60)
     k = kernels.Gaussian(1.0)
-    s = flows.KernelSobolevDescent(k, step_size=0.05, reg=0.05, num_features=num_features)
+    s = flows.make("sobolev", k, step_size=0.05, reg=0.05, num_features=num_features)
     state = s.init(jnp.asarray(x), jax.random.key(0))
     state, aux = jax.jit(lambda st: flows.scan(s, st, jnp.asarray(y), 60))(state)
     # the MMD^2 of the critic's own feature space, measured before each step
@@ -174,7 +174,7 @@ def test_rff_steps_match_sobolev_critic_with_cached_and_redrawn_features(rng):
     x, y = _problem(rng, n=50, m=45)
     x, y = jnp.asarray(x), jnp.asarray(y)
     k = kernels.Gaussian(0.9)
-    s = flows.KernelSobolevDescent(k, step_size=0.3, reg=0.05, num_features=32)
+    s = flows.make("sobolev", k, step_size=0.3, reg=0.05, num_features=32)
     st = s.init(x, jax.random.key(0))
     assert not bool(st.extra.has_mu_p)
     step = jax.jit(s.step)
@@ -185,9 +185,7 @@ def test_rff_steps_match_sobolev_critic_with_cached_and_redrawn_features(rng):
         assert bool(st.extra.has_mu_p)
         mu_p = jnp.mean(st.extra.rff(y), axis=0)
         np.testing.assert_allclose(st.extra.mu_p, mu_p, rtol=1e-12, atol=1e-14)
-    r = flows.KernelSobolevDescent(
-        k, step_size=0.3, reg=0.05, num_features=32, resample_features=True
-    )
+    r = flows.make("sobolev", k, step_size=0.3, reg=0.05, num_features=32, resample_features=True)
     st = r.init(x, jax.random.key(0))
     for _ in range(3):
         key, kf = jax.random.split(st.key)
@@ -197,7 +195,7 @@ def test_rff_steps_match_sobolev_critic_with_cached_and_redrawn_features(rng):
         np.testing.assert_allclose(st.x, want, rtol=1e-12, atol=1e-12)
         np.testing.assert_array_equal(jax.random.key_data(st.key), jax.random.key_data(key))
     with pytest.raises(ValueError, match="resample_features"):
-        flows.KernelSobolevDescent(k, resample_features=True)
+        flows.make("sobolev", k, resample_features=True)
 
 
 def test_larger_reg_gives_lower_kinetic_energy(rng):
@@ -205,7 +203,7 @@ def test_larger_reg_gives_lower_kinetic_energy(rng):
     k = kernels.Gaussian(1.0)
     energies = []
     for reg in (0.01, 0.1, 1.0):
-        s = flows.KernelSobolevDescent(k, step_size=0.1, reg=reg)
+        s = flows.make("sobolev", k, step_size=0.1, reg=reg)
         state = s.init(jnp.asarray(x), jax.random.key(0))
         _, aux = jax.jit(lambda st, s=s: flows.scan(s, st, jnp.asarray(y), 20))(state)
         energies.append(float(np.sum(aux["kinetic"])))
@@ -215,7 +213,7 @@ def test_larger_reg_gives_lower_kinetic_energy(rng):
 def test_mmd_flow_step_and_noise_injection(rng):
     x, y = _problem(rng)
     k = kernels.Gaussian(1.0)
-    s = flows.MMDFlow(k, step_size=2.0)
+    s = flows.make("mmd", k, step_size=2.0)
     st = s.init(jnp.asarray(x), jax.random.key(0))
     st1, aux = s.step(st, jnp.asarray(y))
     np.testing.assert_allclose(st1.x, x + 2.0 * mmdflow.witness_grad(x, x, y, k), rtol=1e-12)
@@ -223,11 +221,13 @@ def test_mmd_flow_step_and_noise_injection(rng):
         aux["kinetic"], 2.0 * np.mean(np.sum(mmdflow.witness_grad(x, x, y, k) ** 2, 1))
     )
     # noise: the gradient is evaluated at perturbed particles; keys advance
-    sn = flows.MMDFlow(k, step_size=2.0, noise_level=0.5)
+    sn = flows.make("mmd", k, step_size=2.0, noise_level=0.5)
     a1, _ = sn.step(sn.init(x, jax.random.key(0)), y)
     a2, _ = sn.step(sn.init(x, jax.random.key(1)), y)
     assert not np.allclose(a1.x, a2.x)
-    eps = jax.random.normal(jax.random.split(jax.random.key(0))[1], x.shape)
+    # ParticleFlow's keys: init splits once; each step splits and folds 1 in for the noise
+    kf = jax.random.split(jax.random.split(jax.random.key(0))[0])[1]
+    eps = jax.random.normal(jax.random.fold_in(kf, 1), x.shape)
     np.testing.assert_allclose(
         a1.x, x + 2.0 * mmdflow.witness_grad(x + 0.5 * eps, x, y, k), rtol=1e-10
     )
@@ -238,8 +238,12 @@ def test_schedules_weights_unequal_sizes_and_dimension(rng):
     wx = rng.uniform(0.5, 1.0, size=30)
     wy = rng.uniform(0.5, 1.0, size=45)
     k = kernels.Gaussian(2.0)
-    s = flows.KernelSobolevDescent(
-        k, step_size=lambda c: 0.5 * 0.99**c, reg=lambda c: 0.1 + 0.0 * c, num_features=128
+    s = flows.make(
+        "sobolev",
+        k,
+        step_size=lambda c: 0.5 * 0.99**c,
+        reg=lambda c: 0.1 + 0.0 * c,
+        num_features=128,
     )
     state, hist = flows.run(
         s, x, y, num_steps=30, key=jax.random.key(0), record_every=10, wx=wx, wy=wy
@@ -253,7 +257,7 @@ def test_schedules_weights_unequal_sizes_and_dimension(rng):
 def test_jitted_step_traces_once(rng):
     x, y = _problem(rng)
     traces = []
-    s = flows.KernelSobolevDescent(kernels.Gaussian(1.0), step_size=0.5, reg=0.1, num_features=64)
+    s = flows.make("sobolev", kernels.Gaussian(1.0), step_size=0.5, reg=0.1, num_features=64)
 
     @jax.jit
     def step(state, y):
@@ -269,7 +273,7 @@ def test_jitted_step_traces_once(rng):
 
 def test_run_records_history_and_trajectory(rng):
     x, y = _problem(rng, n=100, m=100)
-    s = flows.MMDFlow(kernels.Gaussian(1.0), step_size=5.0)
+    s = flows.make("mmd", kernels.Gaussian(1.0), step_size=5.0)
     seen = []
     _, hist = flows.run(
         s,
@@ -295,7 +299,7 @@ def test_sobolev_descent_reduces_mmd_100x_on_2d_problem():
     x0 = data.sample("gaussian", 1000, seed=0)
     y = data.sample("moons", 1000, seed=1)
     k = kernels.Gaussian(float(mmdflow.median_bandwidth(x0, y)))
-    s = flows.KernelSobolevDescent(k, step_size=0.5, reg=0.01, num_features=256)
+    s = flows.make("sobolev", k, step_size=0.5, reg=0.01, num_features=256)
     _, hist = flows.run(s, x0, y, num_steps=200, key=jax.random.key(0), record_every=100)
     assert hist["mmd2"][0] / hist["mmd2"][-1] >= 100
 
@@ -303,21 +307,21 @@ def test_sobolev_descent_reduces_mmd_100x_on_2d_problem():
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        (lambda: flows.KernelSobolevDescent(kernels.Gaussian(1.0), step_size=0.0), "step_size"),
-        (lambda: flows.KernelSobolevDescent(kernels.Gaussian(1.0), reg=-1.0), "reg"),
-        (lambda: flows.KernelSobolevDescent(kernels.Gaussian(1.0), num_features=0), "num_features"),
-        (lambda: flows.KernelSobolevDescent("rbf"), "Kernel"),
-        (lambda: flows.MMDFlow(kernels.Gaussian(1.0), noise_level=-0.1), "noise_level"),
-        (lambda: flows.MMDFlow(kernels.Gaussian(1.0), step_size=float("nan")), "step_size"),
+        (lambda: flows.make("sobolev", kernels.Gaussian(1.0), step_size=0.0), "step_size"),
+        (lambda: flows.make("sobolev", kernels.Gaussian(1.0), reg=-1.0), "reg"),
+        (lambda: flows.make("sobolev", kernels.Gaussian(1.0), num_features=0), "num_features"),
+        (lambda: flows.make("sobolev", "rbf"), "Kernel"),
+        (lambda: flows.make("mmd", kernels.Gaussian(1.0), noise_level=-0.1), "noise_level"),
+        (lambda: flows.make("mmd", kernels.Gaussian(1.0), step_size=float("nan")), "step_size"),
         (
-            lambda: flows.KernelSobolevDescent(kernels.IMQ(1.0), num_features=8).init(
+            lambda: flows.make("sobolev", kernels.IMQ(1.0), num_features=8).init(
                 jnp.zeros((3, 2)), jax.random.key(0)
             ),
             "shift-invariant",
         ),
         (
             lambda: flows.run(
-                flows.MMDFlow(kernels.Gaussian(1.0)),
+                flows.make("mmd", kernels.Gaussian(1.0)),
                 jnp.zeros((3, 2)),
                 jnp.zeros((4, 3)),
                 num_steps=2,
@@ -338,18 +342,14 @@ def test_bad_flow_input(make, match):
 def _steppers_for_continuation():
     k = kernels.Gaussian(1.0)
     out = {
-        "sobolev-rff-resampled": flows.KernelSobolevDescent(
-            k, step_size=0.5, reg=0.1, num_features=16, resample_features=True
+        "sobolev-rff-resampled": flows.make(
+            "sobolev", k, step_size=0.5, reg=0.1, num_features=16, resample_features=True
         ),
-        "sobolev-rff-fixed": flows.KernelSobolevDescent(k, step_size=0.5, reg=0.1, num_features=16),
-        "mmd-noise": flows.MMDFlow(k, step_size=2.0, noise_level=0.3),
+        "sobolev-rff-fixed": flows.make("sobolev", k, step_size=0.5, reg=0.1, num_features=16),
+        "mmd-noise": flows.make("mmd", k, step_size=2.0, noise_level=0.3),
     }
-    try:
-        from mmdflow import neural
-    except ImportError:
-        return out
-    critic = neural.mlp_critic(2, hidden=(8,), key=jax.random.key(3))
-    out["neural"] = neural.NeuralSobolevDescent(critic, step_size=0.05, kernel=k)
+    critic = fields.mlp_critic(2, hidden=(8,), key=jax.random.key(3))
+    out["neural"] = flows.make("neural-sobolev", k, critic=critic, step_size=0.05)
     return out
 
 
@@ -387,8 +387,13 @@ def test_run_continued_from_state_and_history_is_bit_identical(name, rng):
 
 def test_run_results_do_not_depend_on_the_chunking(rng):
     x, y = _problem(rng, n=30, m=25)
-    s = flows.KernelSobolevDescent(
-        kernels.Gaussian(1.0), step_size=0.5, reg=0.1, num_features=16, resample_features=True
+    s = flows.make(
+        "sobolev",
+        kernels.Gaussian(1.0),
+        step_size=0.5,
+        reg=0.1,
+        num_features=16,
+        resample_features=True,
     )
     chunks = {}
     for seconds in (1e-9, 1e9):  # one step per chunk / a record interval per chunk
@@ -407,7 +412,7 @@ def test_run_results_do_not_depend_on_the_chunking(rng):
 
 def test_run_on_chunk_gives_state_and_history_so_far(rng):
     x, y = _problem(rng, n=20, m=20)
-    s = flows.MMDFlow(kernels.Gaussian(1.0), step_size=2.0)
+    s = flows.make("mmd", kernels.Gaussian(1.0), step_size=2.0)
     seen = []
 
     def on_chunk(step, state, history):
@@ -442,7 +447,7 @@ class _NaNAfter:
         self.bad = bad
 
     def init(self, x0, key, wx=None):
-        return flows.MMDFlow(self.kernel).init(x0, key, wx)
+        return flows.make("mmd", self.kernel).init(x0, key, wx)
 
     def step(self, state, y, wy=None):
         x = jnp.where(state.count + 1 >= self.bad, jnp.nan, state.x + 0.01)
@@ -468,11 +473,13 @@ def test_run_stops_when_mmd2_rises(rng):
     x, y = _problem(rng, n=30, m=30)
     k = kernels.Gaussian(1.0)
     # a blown-up step flings the particles far from the target: MMD^2 -> E k(y, y')
-    state, h = flows.run(flows.MMDFlow(k, step_size=1e4), x, y, num_steps=10, key=jax.random.key(0))
+    state, h = flows.run(
+        flows.make("mmd", k, step_size=1e4), x, y, num_steps=10, key=jax.random.key(0)
+    )
     assert h["diverged"]["step"] == 10 and "MMD^2 rose" in h["diverged"]["reason"]
     assert h["mmd2"][-1] > 1.5 * h["mmd2"][0] and np.isfinite(np.asarray(state.x)).all()
     _, h = flows.run(
-        flows.MMDFlow(k, step_size=1e4),
+        flows.make("mmd", k, step_size=1e4),
         x,
         y,
         num_steps=10,
@@ -488,14 +495,14 @@ def test_run_stops_when_mmd2_rises(rng):
     y2, x2 = data.sample("8gaussians", 100, seed=1), data.sample("8gaussians", 100, seed=2)
     bw = float(mmdflow.median_bandwidth(x2, y2))
     mix = kernels.MixtureRBF(np.float32([bw / 8, bw / 4, bw / 2, bw]))
-    noisy = flows.MMDFlow(mix, step_size=0.5 * bw**2, noise_level=0.5 * bw)
+    noisy = flows.make("mmd", mix, step_size=0.5 * bw**2, noise_level=0.5 * bw)
     _, h = flows.run(noisy, x2, y2, num_steps=20, key=jax.random.key(0), record_every=10)
     assert "diverged" not in h and h["mmd2"].max() > 3 * h["mmd2"][0]
 
 
 def test_run_bad_continuation_arguments(rng):
     x, y = _problem(rng, n=10, m=10)
-    s = flows.MMDFlow(kernels.Gaussian(1.0))
+    s = flows.make("mmd", kernels.Gaussian(1.0))
     state, h = flows.run(s, x, y, num_steps=2, key=jax.random.key(0), record_every=1)
     with pytest.raises(ValueError, match="trajectory"):
         flows.run(s, None, y, num_steps=2, state=state, history=h, record_trajectory=True)

@@ -7,9 +7,13 @@ import optax
 import pytest
 from flax import nnx
 
-from mmdflow import flows, kernels, mmd2, neural
+from mmdflow import fields, flows, kernels, mmd2
 
 F32 = jnp.float32
+
+
+def _flow(critic, **kw):
+    return flows.make("neural-sobolev", critic=critic, **kw)
 
 
 def _problem(n=300, m=300, seed=0):
@@ -21,16 +25,16 @@ def _problem(n=300, m=300, seed=0):
 
 
 def _critic(seed=1, hidden=(64, 64)):
-    return neural.mlp_critic(2, hidden=hidden, key=jax.random.key(seed))
+    return fields.mlp_critic(2, hidden=hidden, key=jax.random.key(seed))
 
 
 def test_mlp_critic_shape_and_dtype():
-    f = neural.mlp_critic(2, hidden=(16, 16), key=jax.random.key(0))
+    f = fields.mlp_critic(2, hidden=(16, 16), key=jax.random.key(0))
     out = f(jnp.ones((5, 2), F32))
     assert out.shape == (5,)
     assert out.dtype == F32
     with pytest.raises(ValueError, match="hidden"):
-        neural.mlp_critic(2, hidden=())
+        fields.mlp_critic(2, hidden=())
 
 
 def _grad_and_disc(critic, params, x, y):
@@ -56,7 +60,7 @@ class _Traced:
         self.x, self.y = _problem(n=64, m=48)
         self.critic = _critic(hidden=(16, 16))
         self.eps = 0.07
-        self.stepper = neural.NeuralSobolevDescent(
+        self.stepper = _flow(
             self.critic, critic_steps=2, step_size=self.eps
         )  # startup_critic_steps=None: 20 critic updates at count == 0
         self.traces = 0
@@ -107,25 +111,25 @@ def test_constraint_active_and_critic_separates_on_fixed_particles():
     x, y = _problem(n=200, m=200)
     y = y - 1.0  # target N((1, 1), 0.5^2 I)
     critic = _critic()
-    s = neural.NeuralSobolevDescent(critic)  # default rho, optimizer
+    s = _flow(critic)  # default rho, optimizer
     state = s.init(x, jax.random.key(0))
     w = state.wx
 
-    extra = jax.jit(lambda e: s.fit_critic(e, x, w, y, w, jax.random.key(1), 600, s.rho))(
-        state.extra
-    )
+    extra = jax.jit(
+        lambda e: s.field.fit_critic(e, x, w, y, w, jax.random.key(1), 600, s.field.rho)
+    )(state.extra)
     g, disc = _grad_and_disc(critic, extra.params, x, y)
     omega = float(jnp.mean(jnp.sum(g * g, axis=1)))
     assert abs(omega - 1.0) < 0.15, omega
     assert float(disc) > 0.5, disc
     assert float(extra.lagrange) > 0.0  # the constraint is binding: lam ~ disc / 2
-    v = jax.jit(s.velocity)(state._replace(extra=extra))
-    np.testing.assert_allclose(v, g, rtol=1e-5, atol=1e-7)
+    vel = s.field.fit(x, w, y, w, extra, jax.random.key(1), 1)[0]  # one more update
+    np.testing.assert_allclose(vel.at_x, vel.fn(x), rtol=1e-6, atol=1e-7)
 
 
 def test_flow_reduces_mmd():
     x, y = _problem()
-    s = neural.NeuralSobolevDescent(_critic())  # defaults
+    s = _flow(_critic())  # defaults
     state, hist = flows.run(s, x, y, num_steps=100, key=jax.random.key(2), record_every=25)
     m = hist["mmd2"]
     assert m.shape == (5,)
@@ -140,7 +144,7 @@ def test_minibatches_weights_reset_and_column_output():
     critic = nnx.Sequential(
         nnx.Linear(2, 16, rngs=nnx.Rngs(0)), jnp.tanh, nnx.Linear(16, 1, rngs=nnx.Rngs(1))
     )  # [n, d] -> [n, 1]
-    s = neural.NeuralSobolevDescent(
+    s = _flow(
         critic,
         optimizer=optax.sgd(1e-2),
         critic_steps=3,
@@ -160,7 +164,7 @@ def test_minibatches_weights_reset_and_column_output():
 
 def test_bad_critic_output_shape():
     bad = nnx.Linear(2, 2, rngs=nnx.Rngs(0))  # [n, 2]
-    s = neural.NeuralSobolevDescent(bad)
+    s = _flow(bad)
     with pytest.raises(ValueError, match="critic"):
         s.init(jnp.zeros((4, 2), F32), jax.random.key(0))
 
@@ -180,9 +184,9 @@ def test_bad_critic_output_shape():
 )
 def test_bad_hyperparameters_raise(field, value):
     with pytest.raises(ValueError, match=f"`{field}`"):
-        neural.NeuralSobolevDescent(_critic(hidden=(16, 16)), **{field: value})
+        _flow(_critic(hidden=(16, 16)), **{field: value})
 
 
 def test_bad_critic_type_raises():
     with pytest.raises(ValueError, match="`critic`"):
-        neural.NeuralSobolevDescent(lambda x: x[:, 0])
+        _flow(lambda x: x[:, 0])

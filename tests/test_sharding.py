@@ -164,7 +164,7 @@ def test_argument_validation():
     with pytest.raises(ValueError, match="reg"):
         sharding.ShardedKernelSobolevDescent(k, mesh, reg=-1.0)
     with pytest.raises(ValueError, match="ShardedMMDFlow"):
-        sharding.ShardedStepper(flows.MMDFlow(k), mesh)
+        sharding.ShardedStepper(flows.make("mmd", k, noise_level=0.1), mesh)
     with pytest.raises(ValueError, match="strategy"):
         sharding.direction_fn(mesh, strategy="tree")
     gen = lambda p, z: z @ p

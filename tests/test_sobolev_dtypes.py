@@ -16,8 +16,8 @@ def test_sobolev_descent_low_precision_particles(num_features, dtype):
     y = (x32 + 1.0).astype(dtype)
     # the float32 computation on the same (rounded) points, the same random features
     xr, yr = x.astype(jnp.float32), y.astype(jnp.float32)
-    s = flows.KernelSobolevDescent(
-        kernels.Gaussian(1.0), step_size=0.1, reg=0.1, num_features=num_features
+    s = flows.make(
+        "sobolev", kernels.Gaussian(1.0), step_size=0.1, reg=0.1, num_features=num_features
     )
     key = jax.random.key(1)
     state = s.init(x, key)

@@ -39,19 +39,19 @@ KEY = jax.random.key(0)
         (lambda: ops.gram(K, X, np.zeros((3, 1))), r"`y`.*d=1"),
         (lambda: mmdflow.median_bandwidth(X[:1]), r"at least 2"),
         (
-            lambda: flows.KernelSobolevDescent(K, num_features=0),
-            r"KernelSobolevDescent: `num_features` must be None or an int >= 1; got 0",
+            lambda: flows.make("sobolev", K, num_features=0),
+            r"SobolevField: `num_features` must be None or an int >= 1; got 0",
         ),
         (
-            lambda: flows.KernelSobolevDescent(K, cg_maxiter=True),
+            lambda: flows.make("sobolev", K, cg_maxiter=True),
             r"`cg_maxiter` must be an int >= 1; got True",
         ),
         (
-            lambda: flows.run(flows.MMDFlow(K), X, Y, num_steps=2.0, key=KEY),
+            lambda: flows.run(flows.make("mmd", K), X, Y, num_steps=2.0, key=KEY),
             r"`num_steps` must be an int >= 0; got 2.0",
         ),
         (
-            lambda: flows.run(flows.MMDFlow(K), X, Y, num_steps=2, key=KEY, record_every=0),
+            lambda: flows.run(flows.make("mmd", K), X, Y, num_steps=2, key=KEY, record_every=0),
             r"`record_every` must be an int >= 1; got 0",
         ),
     ],
@@ -99,7 +99,7 @@ def test_bad_concrete_probability_weights_raise(fn, wx, match):
 
 @pytest.mark.parametrize(
     "stepper",
-    [flows.MMDFlow(K, step_size=0.1), flows.KernelSobolevDescent(K, step_size=0.1, reg=1.0)],
+    [flows.make("mmd", K, step_size=0.1), flows.make("sobolev", K, step_size=0.1, reg=1.0)],
 )
 def test_flows_refuse_bad_weights(stepper):
     with pytest.raises(ValueError, match=r"`wx` \(weights of `x0`\) must not be all zero"):
@@ -145,16 +145,22 @@ def test_traced_weights_are_not_checked_and_kernel_sums_take_signed_weights():
         (lambda: kernels.Scaled(K, -1.0), r"Scaled: `scale` must be finite and > 0; got -1.0"),
         (lambda: -2.0 * K, r"Scaled: `scale` must be finite and > 0; got -2.0"),
         (lambda: kernels.Scaled(K, "2"), r"Scaled: `scale` must be a real number"),
-        (lambda: flows.MMDFlow(K, impl="foo"), r"MMDFlow: `impl` must be one of .*'foo'"),
-        (lambda: flows.MMDFlow(K, block_size=0), r"`block_size` must be positive"),
-        (lambda: flows.MMDFlow(K, step_size="0.1"), r"MMDFlow: `step_size` must be a real"),
-        (lambda: flows.MMDFlow(K, noise_level=1j), r"MMDFlow: `noise_level` must be a real"),
+        (lambda: flows.make("mmd", K, impl="foo"), r"MMDField: `impl` must be one of .*'foo'"),
+        (lambda: flows.make("mmd", K, block_size=0), r"`block_size` must be positive"),
         (
-            lambda: flows.KernelSobolevDescent(K, solver="foo"),
-            r"KernelSobolevDescent: `solver` must be one of \('auto', 'cholesky', 'cg'\); got 'foo'",
+            lambda: flows.make("mmd", K, step_size="0.1"),
+            r"ParticleFlow: `step_size` must be a real",
         ),
-        (lambda: flows.KernelSobolevDescent(K, reg="0.1"), r"`reg` must be a real number"),
-        (lambda: flows.KernelSobolevDescent(K, normalize="yes"), r"`normalize` must be a bool"),
+        (
+            lambda: flows.make("mmd", K, noise_level=1j),
+            r"ParticleFlow: `noise_level` must be a real",
+        ),
+        (
+            lambda: flows.make("sobolev", K, solver="foo"),
+            r"SobolevField: `solver` must be one of \('auto', 'cholesky', 'cg'\); got 'foo'",
+        ),
+        (lambda: flows.make("sobolev", K, reg="0.1"), r"`reg` must be a real number"),
+        (lambda: flows.make("sobolev", K, normalize="yes"), r"`normalize` must be a bool"),
         (
             lambda: mmdflow.sobolev.exact_critic(K, X, Y, 0.1, solver="foo"),
             r"`solver` must be one of",

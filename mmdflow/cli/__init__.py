@@ -45,13 +45,7 @@ from mmdflow.cli._common import (  # noqa: F401 - train_cli and tests use these
     _ENV_DEBUG,
     _SIGNALS,
     COLOR_REG,
-    DEFAULT_NUM_FEATURES,
-    EXACT_MAX_SIZE,
     MIXTURE_FACTORS,
-    MMD_STEP_FACTOR,
-    NEURAL_STEP_FACTOR,
-    SOBOLEV_REG,
-    SOBOLEV_STEP_SIZE,
     CLIError,
     ProgressBar,
     _enable_compilation_cache,
@@ -76,8 +70,6 @@ __all__ = [
     "build_parser",
     "main",
     "resolve_num_features",
-    "EXACT_MAX_SIZE",
-    "DEFAULT_NUM_FEATURES",
     "MIXTURE_FACTORS",
 ]
 

@@ -58,30 +58,23 @@ def _downscale(img: np.ndarray, max_size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BOX))
 
 
-def _color_transfer_chunk_fn(stepper, y, exact: bool):
+def _color_transfer_chunk_fn(flow, y):
     """Jitted ``(state, pixels, n) -> ((state, pixels), aux)``: ``n`` steps moving both.
 
-    The particles take the usual Sobolev-descent step; the pixels (``[C, B, 3]``
-    blocks) move along the same step's critic gradient, evaluated block by block.
-    ``stepper`` is a ``KernelSobolevDescent``.
+    The particles take the flow's step; the pixels (``[C, B, 3]`` blocks) move along the
+    same step's velocity field, evaluated block by block.
     """
     import jax
-    import jax.numpy as jnp
 
-    from mmdflow.flows import schedule_value
+    from mmdflow.fields import schedule_value
 
     def one(carry, _):
         state, pix = carry
-        eps = schedule_value(stepper.step_size, state.count)
-        state, c = stepper.fit_critic(state, y)  # redraws the features if resampling
-        v = c.grad_at_x if exact else c.grad(state.x)
-        pix = pix + eps * jax.lax.map(c.grad, pix)
-        dx = eps * v
-        aux = {
-            "kinetic": jnp.dot(state.wx, jnp.sum(dx * dx, axis=1)) / eps,
-            "critic": jnp.sqrt(jnp.maximum(c.discrepancy_sq, 0.0)),
-        }
-        return (state._replace(x=state.x + dx, count=state.count + 1), pix), aux
+        eps = schedule_value(flow.step_size, state.count)
+        v, vel, state, aux = flow.velocity(state, y)
+        pix = pix + eps * jax.lax.map(vel.fn, pix)
+        state, aux = flow.move(state, v, aux)
+        return (state, pix), {k: aux[k] for k in ("kinetic", "critic")}
 
     def chunk(state, pix, n):
         return jax.lax.scan(one, (state, pix), None, length=n)
@@ -117,7 +110,8 @@ def _cmd_color_transfer(args) -> int:
     nf, nf_rule = resolve_num_features(args.num_features, xs.shape[0], 3)
     resample = nf is not None and not args.fixed_features
     try:
-        stepper = flows.KernelSobolevDescent(
+        stepper = flows.make(
+            "sobolev",
             kernel,
             step_size=args.step_size,
             reg=args.reg / bw**2,
@@ -170,7 +164,7 @@ def _cmd_color_transfer(args) -> int:
         y = jnp.asarray(ys)
         state = stepper.init(jnp.asarray(xs), jax.random.key(args.seed))
         pix = jnp.asarray(padded.reshape(nblocks, block, 3))
-        chunk = _color_transfer_chunk_fn(stepper, y, exact=nf is None)
+        chunk = _color_transfer_chunk_fn(stepper, y)
         measure = jax.jit(lambda x: mmd2(x, y, kernel))
         nan = float("nan")
         hist = {

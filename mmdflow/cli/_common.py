@@ -14,40 +14,12 @@ from typing import Any
 
 import numpy as np
 
-#: ``--num-features auto`` uses the exact kernel critic when ``n * d`` is at most this.
-EXACT_MAX_SIZE = 256
-#: ``--num-features auto`` uses this many random Fourier features above ``EXACT_MAX_SIZE``
-#: (redrawn at every step unless ``--fixed-features``).
-DEFAULT_NUM_FEATURES = 128
 #: ``--kernel mixture``: bandwidths are these multiples of the base (median) bandwidth.
 MIXTURE_FACTORS = (0.125, 0.25, 0.5, 1.0)
 
-SOBOLEV_STEP_SIZE = 0.5
-#: ``--reg`` is in units of ``1 / bandwidth**2`` (the scale of the kernel's gradient
-#: features): the absolute ridge is ``reg / bandwidth**2``, which makes Sobolev descent
-#: invariant to rescaling the data (``step_size`` is then dimensionless).
-SOBOLEV_REG = 0.01
-#: ``mmdflow flow --method sobolev`` caps each particle's move per step at this times the
-#: base bandwidth (``KernelSobolevDescent.max_move``). Without it a source far from the
-#: target loses its leading particles: the critic gradient is largest where particles are
-#: sparse, one Euler step flings them beyond the target where every kernel vanishes
-#: (issue 13: N(0, I) -> N(2, I) in 3-D, 300 points, 12 particles left at radius 15-37,
-#: MMD^2 169x lower; capped: none, 8,900x). Measured in ``benchmarks/flow_defaults.py``.
-SOBOLEV_MAX_MOVE = 0.25
 #: color transfer: a larger ridge gives a smoother color map (fewer posterized patches
 #: when the palettes differ a lot) and still matches the target colors closely.
 COLOR_REG = 0.1
-#: MMD flow: default step size is this times ``bandwidth**2`` (the witness gradient
-#: scales like ``1 / bandwidth``, its Jacobian like ``1 / bandwidth**2``).
-MMD_STEP_FACTOR = 0.1
-#: neural Sobolev descent moves at about ``step_size`` per step (its critic is normalised,
-#: ``E_q |grad f|^2 ~ 1``), so the step sets the jitter left at the end: this times the
-#: bandwidth. 0.025 stalled (letter, 1000 points: 12x lower MMD^2, oscillating from step 20);
-#: 0.005 reaches 122x there and 1.3-38x more than 0.025 on every case of
-#: ``benchmarks/flow_defaults.py``; 0.0025 is better on 2-D pairs but too slow to cross a far
-#: source's gap in 500 steps (far3d: 13x, 26 particles in transit).
-NEURAL_STEP_FACTOR = 0.005
-
 _ENV_DEBUG = "MMDFLOW_DEBUG"
 
 

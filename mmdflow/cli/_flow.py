@@ -11,11 +11,6 @@ import numpy as np
 
 from mmdflow.cli import _flow_resume as resume
 from mmdflow.cli._common import (
-    MMD_STEP_FACTOR,
-    NEURAL_STEP_FACTOR,
-    SOBOLEV_MAX_MOVE,
-    SOBOLEV_REG,
-    SOBOLEV_STEP_SIZE,
     CLIError,
     ProgressBar,
     _write_json,
@@ -49,11 +44,28 @@ def _make_mesh(num: int):
     return sharding.make_mesh(num)
 
 
-def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int, mesh=None):
-    """Builds the stepper; returns ``(stepper, settings)`` with the resolved defaults.
+#: the methods that run on a device mesh (``--devices``), with their sharded steppers
+_SHARDED = ("sobolev", "mmd")
 
-    With a ``mesh`` (``--devices``) the particles and targets are padded and sharded
-    over it: :class:`~mmdflow.sharding.ShardedMMDFlow`, the exact critic by sharded CG
+
+def _field_params(method: str) -> set[str]:
+    """The hyperparameters of ``--method``'s velocity field."""
+    import dataclasses
+
+    from mmdflow import flows
+
+    return {f.name for f in dataclasses.fields(flows.FLOWS[method])}
+
+
+def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int, mesh=None):
+    """Builds the flow of ``--method`` from the registry; returns ``(stepper, settings)``.
+
+    The defaults are the field's ``defaults_for`` the data's bandwidth and size
+    (:data:`mmdflow.flows.FLOWS`); the options override them: ``--step-size`` (absolute),
+    ``--reg`` (in units of ``1 / bandwidth^2``), ``--noise`` (in units of the bandwidth),
+    ``--num-features`` / ``--fixed-features``. With a ``mesh`` (``--devices``) the
+    particles and targets are padded and sharded over it:
+    :class:`~mmdflow.sharding.ShardedMMDFlow`, the exact critic by sharded CG
     (:class:`~mmdflow.sharding.ShardedKernelSobolevDescent`) or random features through
     :class:`~mmdflow.sharding.ShardedStepper`.
     """
@@ -61,98 +73,81 @@ def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int, mesh=None
 
     from mmdflow import flows, sharding
 
-    if args.method == "sobolev":
-        step = args.step_size if args.step_size is not None else SOBOLEV_STEP_SIZE
-        reg = args.reg if args.reg is not None else SOBOLEV_REG
-        nf, rule = resolve_num_features(args.num_features, n, d)
-        resample = nf is not None and not args.fixed_features
-        extra = {}
-        if mesh is not None and nf is None:
-            stepper = sharding.ShardedKernelSobolevDescent(
-                kernel,
-                mesh,
-                step_size=step,
-                reg=reg / bandwidth**2,
-                max_move=SOBOLEV_MAX_MOVE * bandwidth,
-            )
-            extra = {"solver": "cg (sharded exact critic)"}
-        else:
-            stepper = flows.KernelSobolevDescent(
-                kernel,
-                step_size=step,
-                reg=reg / bandwidth**2,
-                num_features=nf,
-                resample_features=resample,
-                max_move=SOBOLEV_MAX_MOVE * bandwidth,
-            )
-            if mesh is not None:
-                stepper = sharding.ShardedStepper(stepper, mesh)
-        return stepper, {
-            "max_move": SOBOLEV_MAX_MOVE,
-            "max_move_rule": "a particle moves at most max_move * bandwidth per step",
-            **extra,
-            "step_size": step,
-            "step_size_rule": "user" if args.step_size is not None else "default",
-            "reg": reg,
-            "reg_absolute": reg / bandwidth**2,
-            "reg_rule": "reg is in units of 1/bandwidth^2; the solver gets reg_absolute",
-            "num_features": nf,
-            "critic": "exact" if nf is None else "rff",
-            "num_features_rule": rule,
-            "features": _features_note(nf, resample),
-        }
-    if args.method == "mmd":
-        if args.step_size is not None:
-            step, rule = args.step_size, "user"
-        else:
-            step = MMD_STEP_FACTOR * bandwidth**2
-            rule = f"default: {MMD_STEP_FACTOR:g} * bandwidth^2"
-        noise = args.noise * bandwidth
-        if mesh is not None:
-            stepper = sharding.ShardedMMDFlow(kernel, mesh, step_size=step, noise_level=noise)
-        else:
-            stepper = flows.MMDFlow(kernel, step_size=step, noise_level=noise, impl=args.impl)
-        return stepper, {
-            "step_size": step,
-            "step_size_rule": rule,
-            "noise": args.noise,
-            "noise_level_absolute": noise,
-            "noise_rule": "noise is in units of the bandwidth; the flow gets noise_level_absolute",
-        }
-    # neural-sobolev: imported lazily (flax/optax, and the module may be absent)
-    try:
-        from mmdflow import neural
-    except ImportError as e:
-        raise CLIError(f"--method neural-sobolev is unavailable: {e}") from None
+    cls = flows.FLOWS[args.method]
+    params = _field_params(args.method)
+    kw = cls.defaults_for(kernel, bandwidth, n, d, jax.random.key(args.seed + 2))
+    settings = {}
     if args.step_size is not None:
-        step, rule = args.step_size, "user"
+        kw["step_size"] = args.step_size
+    settings["step_size"] = kw.get("step_size", cls.step_size)
+    default_rule = f"default for the data (mmdflow.fields.{cls.__name__}.defaults_for)"
+    settings["step_size_rule"] = "user" if args.step_size is not None else default_rule
+    if "max_move" in kw:
+        settings["max_move"] = kw["max_move"] / bandwidth
+        settings["max_move_rule"] = "a particle moves at most max_move * bandwidth per step"
+    if "reg" in params:
+        if args.reg is not None:
+            kw["reg"] = args.reg / bandwidth**2
+        settings["reg"] = kw["reg"] * bandwidth**2
+        settings["reg_absolute"] = kw["reg"]
+        settings["reg_rule"] = "reg is in units of 1/bandwidth^2; the solver gets reg_absolute"
+    if "num_features" in params:
+        nf, rule = resolve_num_features(args.num_features, n, d)
+        kw["num_features"] = nf
+        kw["resample_features"] = nf is not None and not args.fixed_features
+        settings["num_features"] = nf
+        settings["critic"] = "exact" if nf is None else "rff"
+        settings["num_features_rule"] = rule
+        settings["features"] = _features_note(nf, kw["resample_features"])
+    if args.noise:
+        kw["noise_level"] = args.noise * bandwidth
+    settings["noise"] = args.noise
+    settings["noise_level_absolute"] = args.noise * bandwidth
+    settings["noise_rule"] = (
+        "noise is in units of the bandwidth; the flow gets noise_level_absolute"
+    )
+    if "impl" in params:
+        kw["impl"] = args.impl
+    if mesh is not None and args.method == "mmd":
+        keep = ("step_size", "noise_level")
+        stepper = sharding.ShardedMMDFlow(kernel, mesh, **{k: kw[k] for k in keep if k in kw})
+    elif mesh is not None and kw.get("num_features") is None:
+        keep = ("step_size", "reg", "max_move", "normalize", "cg_tol", "cg_maxiter")
+        stepper = sharding.ShardedKernelSobolevDescent(
+            kernel, mesh, **{k: kw[k] for k in keep if k in kw}
+        )
+        settings["solver"] = "cg (sharded exact critic)"
     else:
-        step = NEURAL_STEP_FACTOR * bandwidth
-        rule = f"default: {NEURAL_STEP_FACTOR:g} * bandwidth"
-    hidden = (64, 64)
-    critic = neural.mlp_critic(d, hidden=hidden, key=jax.random.key(args.seed + 2))
-    stepper = neural.NeuralSobolevDescent(critic, step_size=step, kernel=kernel)
-    return stepper, {
-        "step_size": step,
-        "step_size_rule": rule,
-        "critic_hidden": list(hidden),
-        "critic_steps": getattr(stepper, "critic_steps", None),
-        "rho": getattr(stepper, "rho", None),
-    }
+        stepper = flows.make(args.method, **kw)
+        if mesh is not None:
+            stepper = sharding.ShardedStepper(stepper, mesh)
+    field = getattr(stepper, "field", None)
+    for name in sorted(params):  # the field's other scalar hyperparameters, as used
+        v = getattr(field, name, None)
+        if isinstance(v, bool | int | float | str) and name not in settings:
+            settings[name] = v
+    return stepper, settings
 
 
 def _check_options(args) -> None:
     """Option combinations that do not apply (one-line :class:`CLIError`)."""
-    if args.reg is not None and args.method != "sobolev":
-        raise CLIError(f"--reg applies only to --method sobolev (got --method {args.method})")
-    if args.fixed_features and args.method != "sobolev":
-        raise CLIError(f"--fixed-features applies only to --method sobolev (got {args.method})")
-    if args.num_features != "auto" and args.method != "sobolev":
-        raise CLIError(f"--num-features applies only to --method sobolev (got {args.method})")
-    if args.noise and args.method != "mmd":
-        raise CLIError(f"--noise applies only to --method mmd (got --method {args.method})")
-    if args.devices is not None and args.method == "neural-sobolev":
-        raise CLIError("--devices applies only to --method sobolev and mmd (got neural-sobolev)")
+    from mmdflow import flows
+
+    if args.method not in flows.FLOWS:
+        raise CLIError(f"--method {args.method!r}: unknown flow; valid: {', '.join(flows.FLOWS)}")
+    params = _field_params(args.method)
+    if args.reg is not None and "reg" not in params:
+        raise CLIError(f"--reg does not apply to --method {args.method} (it has no ridge)")
+    if args.fixed_features and "num_features" not in params:
+        raise CLIError(f"--fixed-features does not apply to --method {args.method}")
+    if args.num_features != "auto" and "num_features" not in params:
+        raise CLIError(f"--num-features does not apply to --method {args.method}")
+    if args.devices is not None and args.method not in _SHARDED:
+        raise CLIError(
+            f"--devices applies only to --method {' and '.join(_SHARDED)} (got {args.method})"
+        )
+    if args.devices is not None and args.noise and args.method != "mmd":
+        raise CLIError(f"--noise with --devices applies only to --method mmd (got {args.method})")
     if args.devices is not None and args.impl != "auto":
         raise CLIError(
             f"--impl {args.impl} applies without --devices (the sharded flows use their own "

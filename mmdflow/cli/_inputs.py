@@ -6,11 +6,12 @@ import math
 
 import numpy as np
 
-from mmdflow.cli._common import DEFAULT_NUM_FEATURES, EXACT_MAX_SIZE, MIXTURE_FACTORS, CLIError
+from mmdflow.cli._common import MIXTURE_FACTORS, CLIError
+from mmdflow.fields._sobolev import EXACT_MAX_SIZE, num_features_for
 
 
 def resolve_num_features(spec: int | str, n: int, d: int) -> tuple[int | None, str]:
-    """Resolves ``--num-features`` to ``KernelSobolevDescent.num_features``.
+    """Resolves ``--num-features`` to ``SobolevField.num_features``.
 
     Args:
         spec: ``"auto"``, ``"exact"`` or a positive int.
@@ -24,13 +25,10 @@ def resolve_num_features(spec: int | str, n: int, d: int) -> tuple[int | None, s
     if spec == "exact":
         return None, "exact kernel (requested)"
     if spec == "auto":
-        if n * d <= EXACT_MAX_SIZE:
+        nf = num_features_for(n, d)
+        if nf is None:
             return None, f"auto: exact kernel since n*d = {n * d} <= {EXACT_MAX_SIZE}"
-        return (
-            DEFAULT_NUM_FEATURES,
-            f"auto: {DEFAULT_NUM_FEATURES} random Fourier features since "
-            f"n*d = {n * d} > {EXACT_MAX_SIZE}",
-        )
+        return nf, f"auto: {nf} random Fourier features since n*d = {n * d} > {EXACT_MAX_SIZE}"
     return int(spec), f"{int(spec)} random Fourier features (requested)"
 
 

@@ -7,13 +7,7 @@ import argparse
 from mmdflow.cli._color import _cmd_color_transfer
 from mmdflow.cli._common import (
     COLOR_REG,
-    DEFAULT_NUM_FEATURES,
-    EXACT_MAX_SIZE,
     MIXTURE_FACTORS,
-    MMD_STEP_FACTOR,
-    NEURAL_STEP_FACTOR,
-    SOBOLEV_REG,
-    SOBOLEV_STEP_SIZE,
     _int_at_least,
     _nonneg_float,
     _num_features,
@@ -22,6 +16,8 @@ from mmdflow.cli._common import (
 )
 from mmdflow.cli._flow import _cmd_flow
 from mmdflow.cli._rundir import add_resume_options
+from mmdflow.fields._sobolev import DEFAULT_NUM_FEATURES, EXACT_MAX_SIZE, REG, STEP_SIZE
+from mmdflow.flows import FLOWS
 
 
 def _add_common(
@@ -82,10 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument(
         "--method",
-        choices=("sobolev", "mmd", "neural-sobolev"),
+        choices=tuple(FLOWS),
         default="sobolev",
-        help="kernel Sobolev descent, MMD gradient flow (Arbel et al.), or neural "
-        "Sobolev descent (default sobolev)",
+        help="the flow, a name of mmdflow.flows.FLOWS: kernel Sobolev descent, MMD "
+        "gradient flow (Arbel et al.), neural Sobolev descent, ... (default sobolev)",
     )
     f.add_argument("--source", default="gaussian", help="initial particles (default gaussian)")
     f.add_argument("--target", default="8gaussians", help="target samples (default 8gaussians)")
@@ -100,16 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--step-size",
         type=_positive_float,
         default=None,
-        help=f"step size (default: sobolev {SOBOLEV_STEP_SIZE}; mmd {MMD_STEP_FACTOR:g} x "
-        f"bandwidth^2; neural-sobolev {NEURAL_STEP_FACTOR:g} x bandwidth)",
+        help="step size (default: the method's own for the data's bandwidth, "
+        "mmdflow.fields.<Field>.defaults_for; recorded in metrics.json)",
     )
     f.add_argument(
         "--reg",
         type=_positive_float,
         default=None,
         help="Sobolev ridge regularization in units of 1/bandwidth^2, so that it does not "
-        "depend on the scale of the data: the solver gets reg / bandwidth^2 (sobolev only; "
-        f"default {SOBOLEV_REG})",
+        "depend on the scale of the data: the solver gets reg / bandwidth^2 (methods with "
+        f"a ridge; default sobolev {REG})",
     )
     f.add_argument(
         "--num-features",
@@ -145,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--noise",
         type=_nonneg_float,
         default=0.0,
-        help="mmd only: noise level of the noise-injected MMD flow, in units of the "
-        "bandwidth (default 0)",
+        help="noise injection (Arbel et al.): the velocity is evaluated at the particles "
+        "plus this times the bandwidth times N(0, I) noise (default 0)",
     )
     add_resume_options(f)
     _add_common(
@@ -187,8 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--step-size",
         type=_positive_float,
-        default=SOBOLEV_STEP_SIZE,
-        help=f"step size (default {SOBOLEV_STEP_SIZE})",
+        default=STEP_SIZE,
+        help=f"step size (default {STEP_SIZE})",
     )
     c.add_argument(
         "--reg",

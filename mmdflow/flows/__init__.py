@@ -1,19 +1,21 @@
-"""Particle flows as pure ``init`` / ``step`` steppers, and the drivers that run them.
+"""Particle flows: :class:`ParticleFlow` along a velocity field, the registry, the drivers.
 
-Steppers (frozen dataclasses; hyperparameters are attributes, schedules are
-callables ``count -> value``):
+A flow is a velocity field (:mod:`mmdflow.fields`: the MMD witness gradient, the kernel
+Sobolev critic, a neural Sobolev critic) moved by :class:`ParticleFlow` (Euler steps,
+step-size and noise schedules, a displacement cap, the kinetic energy). :data:`FLOWS`
+names every flow; :func:`make` builds one by name:
 
-* :class:`KernelSobolevDescent`: regularized kernel Sobolev descent (Mroueh, Sercu &
-  Raj 2019): ``x <- x + step_size * grad f(x)`` with the Sobolev critic of
-  :mod:`mmdflow.sobolev` (random Fourier features or the exact kernel).
-* :class:`MMDFlow`: the MMD gradient flow of Arbel et al. (2019),
+* ``"sobolev"``: regularized kernel Sobolev descent (Mroueh, Sercu & Raj 2019),
+  ``x <- x + step_size * grad f(x)`` with the Sobolev critic of :mod:`mmdflow.sobolev`
+  (random Fourier features or the exact kernel).
+* ``"mmd"``: the MMD gradient flow of Arbel et al. (2019),
   ``x <- x + step_size * grad witness(x + noise_level * eps)`` (noise injection).
-* ``mmdflow.neural.NeuralSobolevDescent``: the neural-critic version (Flax).
+* ``"neural-sobolev"``: the neural-critic version (Flax NNX).
 
 Protocol::
 
-    state = stepper.init(x0, key)          # FlowState
-    state, aux = stepper.step(state, y)    # aux: dict of scalars
+    state = flow.init(x0, key)          # FlowState
+    state, aux = flow.step(state, y)    # aux: dict of scalars
 
 :func:`scan` runs ``num_steps`` steps in one ``lax.scan`` (pure, jit-able);
 :func:`run` drives a flow from the host in short compiled chunks (about a second
@@ -29,23 +31,23 @@ Example:
   >>> from mmdflow import flows, kernels
   >>> x0 = jax.random.normal(jax.random.key(0), (200, 2))
   >>> y = jax.random.normal(jax.random.key(1), (300, 2)) + 2.0
-  >>> s = flows.KernelSobolevDescent(kernels.Gaussian(1.0), step_size=0.5, reg=0.1, num_features=128)
+  >>> s = flows.make("sobolev", kernels.Gaussian(1.0), step_size=0.5, reg=0.1, num_features=128)
   >>> state, hist = flows.run(s, x0, y, num_steps=20, key=jax.random.key(2), record_every=10)
   >>> hist["mmd2"].shape
   (3,)
 """
 
+from mmdflow.flows._particle import ParticleFlow
+from mmdflow.flows._registry import FLOWS, make
 from mmdflow.flows._run import DIVERGENCE_FACTOR, run, scan
-from mmdflow.flows._state import FlowState, schedule_value
-from mmdflow.flows._steppers import KernelSobolevDescent, MMDFlow, RFFState
+from mmdflow.flows._state import FlowState
 
 __all__ = [
-    "DIVERGENCE_FACTOR",
+    "FLOWS",
+    "make",
+    "ParticleFlow",
     "FlowState",
-    "RFFState",
-    "KernelSobolevDescent",
-    "MMDFlow",
+    "DIVERGENCE_FACTOR",
     "scan",
     "run",
-    "schedule_value",
 ]

@@ -48,11 +48,11 @@ Notes:
   blocked sums of :mod:`mmdflow.ops` start their scan carries from device-invariant
   zeros, which the varying-axes type check rejects. Autodiff results are the same
   either way (checked against single-device gradients in the tests).
-* Flows: :class:`ShardedMMDFlow` is :class:`~mmdflow.flows.MMDFlow` on sharded
+* Flows: :class:`ShardedMMDFlow` is the ``"mmd"`` flow on sharded
   particles and targets; :class:`ShardedKernelSobolevDescent` is exact-kernel Sobolev
   descent whose critic (:func:`sharded_exact_critic`) is solved by matrix-free CG on
   sharded coefficients with sharded cross-Hessian sums. Random-feature
-  :class:`~mmdflow.flows.KernelSobolevDescent` needs no new code: its sums over
+  ``"sobolev"`` flow needs no new code: its sums over
   particles are GEMMs that ``jit`` partitions (GSPMD) when the inputs are sharded;
   :class:`ShardedStepper` adds the padding for any ``n``. All three keep the state
   padded and sharded ``P(axis)``, with zero weight on the padding rows.

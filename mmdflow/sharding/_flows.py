@@ -11,8 +11,10 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from mmdflow._checks import check_points
-from mmdflow.flows import KernelSobolevDescent, MMDFlow
-from mmdflow.flows._state import FlowState, _kinetic, _sobolev_move, schedule_value
+from mmdflow.fields import MMDField, SobolevField, schedule_value
+from mmdflow.flows import ParticleFlow
+from mmdflow.flows._particle import _is_zero
+from mmdflow.flows._state import FlowState, _cap_rows, _kinetic
 from mmdflow.kernels import Kernel
 from mmdflow.mmd import _weights
 from mmdflow.ops import (
@@ -24,6 +26,27 @@ from mmdflow.sharding._sobolev import _exact_critic_padded
 
 
 # ---------------------------------------------------------------- flows
+def _sobolev_move(state: FlowState, v, critic, eps, normalize: bool, max_move=None):
+    """Particle displacement ``dx = eps v`` along a Sobolev critic's gradient ``v`` and its aux.
+
+    ``critic`` provides ``discrepancy_sq`` and ``mmd2``; with ``normalize`` the critic is
+    the unit-Sobolev-ball one (``v / sqrt(delta^T u)``); ``max_move`` (a value, not a
+    schedule) caps each particle's displacement (:func:`_cap_rows`).
+    """
+    disc2 = critic.discrepancy_sq
+    if normalize:
+        v = v / jnp.sqrt(jnp.maximum(disc2, jnp.finfo(v.dtype).tiny))
+    dx = (eps * v).astype(state.x.dtype)
+    if max_move is not None:
+        dx = _cap_rows(dx, max_move)
+    aux = {
+        "kinetic": _kinetic(dx, state.wx, eps),
+        "critic": jnp.sqrt(jnp.maximum(disc2, 0.0)),
+        "mmd2_critic": critic.mmd2,
+    }
+    return dx, aux
+
+
 @functools.partial(jax.tree_util.register_dataclass, data_fields=[], meta_fields=["n"])
 @dataclasses.dataclass(frozen=True)
 class _RealCount:
@@ -64,8 +87,11 @@ class _PaddedShardedFlow:
         object.__setattr__(self, "block_size", bs)
 
     def init(self, x0: jax.Array, key: jax.Array, wx: jax.Array | None = None) -> FlowState:
-        """Pads and shards ``x0`` (``[n, d]``); ``wx`` are the real particles' weights."""
-        return _pad_shard_init(x0, key, wx, self.mesh, self.axis)
+        """Pads and shards ``x0`` (``[n, d]``); ``wx`` are the real particles' weights.
+
+        The key advances as :meth:`mmdflow.flows.ParticleFlow.init` advances it.
+        """
+        return _pad_shard_init(x0, jax.random.split(key)[0], wx, self.mesh, self.axis)
 
     def particles(self, state: FlowState) -> jax.Array:
         """The ``[n, d]`` real particles of ``state``."""
@@ -74,7 +100,7 @@ class _PaddedShardedFlow:
 
 @dataclasses.dataclass(frozen=True)
 class ShardedMMDFlow(_PaddedShardedFlow):
-    """:class:`mmdflow.flows.MMDFlow` with particles and targets sharded over a mesh axis.
+    """the ``"mmd"`` flow (:data:`mmdflow.flows.FLOWS`) with particles and targets sharded over a mesh axis.
 
     Same ``init`` / ``step`` protocol, so :func:`mmdflow.flows.scan` and
     :func:`mmdflow.flows.run` drive it unchanged. The state holds the particles
@@ -82,7 +108,7 @@ class ShardedMMDFlow(_PaddedShardedFlow):
     ``P(axis)``) with zero weight on the padding rows (``FlowState.wx``), so every
     weighted quantity (MMD^2 recorded by ``run``, kinetic energy) is that of the
     ``n`` real particles. The injected noise is drawn for the ``n`` real particles
-    exactly as :class:`~mmdflow.flows.MMDFlow` draws it, so the real particles
+    exactly as the ``"mmd"`` flow draws it, so the real particles
     follow the unsharded trajectory (up to summation order). Use
     :meth:`particles` for the ``[n, d]`` real particles (``run``'s
     ``record_trajectory`` and final state hold the padded ``[N, d]`` arrays; the
@@ -118,8 +144,8 @@ class ShardedMMDFlow(_PaddedShardedFlow):
     axis: str = DEFAULT_AXIS
 
     def __post_init__(self):
-        # reuse MMDFlow's validation of the hyperparameters
-        MMDFlow(self.kernel, step_size=self.step_size, noise_level=self.noise_level)
+        # reuse the validation of the hyperparameters
+        ParticleFlow(MMDField(self.kernel), step_size=self.step_size, noise_level=self.noise_level)
         self._check_sharding()
 
     def step(self, state: FlowState, y: jax.Array, wy: jax.Array | None = None):
@@ -130,8 +156,9 @@ class ShardedMMDFlow(_PaddedShardedFlow):
         yp, b = _pad_target(y, wy, d, dtype, self.mesh, self.axis)
         eps = schedule_value(self.step_size, state.count)
         beta = schedule_value(self.noise_level, state.count)
-        key, kn = jax.random.split(state.key)
-        noise = _pad_to(jax.random.normal(kn, (n, d), dtype), size, "edge")
+        key, kn = jax.random.split(state.key)  # drawn as ParticleFlow draws it
+        noise = jax.random.normal(jax.random.fold_in(kn, 1), (n, d), dtype)
+        noise = _pad_to(noise, size, "edge")
         z = state.x + beta * noise
         v = _witness_padded(
             "grad",
@@ -154,13 +181,13 @@ class ShardedMMDFlow(_PaddedShardedFlow):
 
 @dataclasses.dataclass(frozen=True)
 class ShardedKernelSobolevDescent(_PaddedShardedFlow):
-    """Exact-kernel :class:`mmdflow.flows.KernelSobolevDescent` with sharded particles and targets.
+    """The exact-kernel ``"sobolev"`` flow with sharded particles and targets.
 
     Each step solves the exact critic by matrix-free CG
     (:func:`sharded_exact_critic`: sharded cross-Hessian sums, reductions over the
     sharded coefficients) and moves the particles along its gradient; the state is
     padded and sharded as in :class:`ShardedMMDFlow` (use :meth:`particles`). Equal to
-    ``KernelSobolevDescent(kernel, step_size, reg, solver="cg", cg_tol=..., cg_maxiter=...)``
+    ``flows.make("sobolev", kernel, step_size=..., reg=..., solver="cg", ...)``
     on one device up to summation order. (The random-feature version needs no
     wrapper beyond :class:`ShardedStepper`: its sums over particles are GEMMs.)
 
@@ -171,7 +198,7 @@ class ShardedKernelSobolevDescent(_PaddedShardedFlow):
       reg: ridge ``> 0`` or a schedule.
       normalize: use the unit-Sobolev-ball critic ``u / sqrt(delta^T u)``.
       max_move: ``None`` or a cap ``> 0`` (or a schedule) on each particle's move per
-        step, as in :class:`~mmdflow.flows.KernelSobolevDescent`.
+        step, as in :class:`~mmdflow.flows.ParticleFlow`.
       cg_tol, cg_maxiter: CG stopping rule.
       strategy: ``"allgather"`` or ``"ring"``.
       block_size: tile size of the local blocked sums.
@@ -191,14 +218,10 @@ class ShardedKernelSobolevDescent(_PaddedShardedFlow):
     axis: str = DEFAULT_AXIS
 
     def __post_init__(self):
-        KernelSobolevDescent(
-            self.kernel,
-            step_size=self.step_size,
-            reg=self.reg,
-            max_move=self.max_move,
-            cg_tol=self.cg_tol,
-            cg_maxiter=self.cg_maxiter,
+        field = SobolevField(
+            self.kernel, reg=self.reg, cg_tol=self.cg_tol, cg_maxiter=self.cg_maxiter
         )
+        ParticleFlow(field, step_size=self.step_size, max_move=self.max_move)
         self._check_sharding()
 
     def critic(self, state: FlowState, y: jax.Array, wy: jax.Array | None = None):
@@ -225,14 +248,14 @@ class ShardedStepper:
     """Runs a weighted-sum stepper on particles padded and sharded over a mesh axis.
 
     For steppers whose step is built from weighted sums over the particles and the
-    targets, such as random-feature :class:`~mmdflow.flows.KernelSobolevDescent`
+    targets, such as the random-feature ``"sobolev"`` flow
     (GEMMs, which ``jit`` partitions when the inputs are sharded): ``init`` pads
     ``x0`` to a multiple of the axis size with zero-weight copies of its last row and
     shards it; ``step`` pads and shards the targets the same way and calls
     ``base.step``. Any ``n`` works, and the real particles follow the unsharded
     trajectory up to summation order. The state's ``extra`` is
     ``(base extra, real count)``; :meth:`particles` gives the ``[n, d]`` real ones.
-    (Not for :class:`~mmdflow.flows.MMDFlow`, whose noise is drawn per row: use
+    (Not for the ``"mmd"`` flow, whose noise is drawn per row: use
     :class:`ShardedMMDFlow`.)
 
     Attributes:
@@ -247,8 +270,11 @@ class ShardedStepper:
 
     def __post_init__(self):
         _axis_size(self.mesh, self.axis)
-        if isinstance(self.base, MMDFlow):
-            raise ValueError("`base` is an MMDFlow (per-row noise): use ShardedMMDFlow instead.")
+        if not _is_zero(getattr(self.base, "noise_level", 0.0)):
+            raise ValueError(
+                "`base` injects noise (drawn per row, so padding would change it): use "
+                "ShardedMMDFlow for the noisy MMD flow."
+            )
 
     @property
     def kernel(self):

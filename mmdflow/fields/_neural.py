@@ -1,4 +1,4 @@
-"""Neural Sobolev descent: a particle flow driven by a Flax NNX critic.
+"""Neural Sobolev descent's field: the gradient of a Flax NNX critic trained along the flow.
 
 Each step first improves a neural critic ``f_theta`` for ``critic_steps``
 optimizer updates on the augmented Lagrangian of the Sobolev GAN (Mroueh et al.
@@ -15,20 +15,20 @@ with the multiplier updated after every critic step by ``lam <- lam - rho (1 - O
 moves up the critic, ``x <- x + step_size * grad_x f(x)``.
 
 The critic is warm-started from the previous step (its parameters, the optimizer
-state and ``lam`` live in ``FlowState.extra``), so the whole step is a pure,
-jit- and ``lax.scan``-able function, usable with :func:`mmdflow.flows.run`.
+state and ``lam`` are the field's state, ``FlowState.extra`` in a flow), so the whole
+step is a pure, jit- and ``lax.scan``-able function.
 
 Because ``Omega ~ 1`` once the constraint is active, the particles move at a
 roughly constant mean speed ``step_size`` (the *normalised* Sobolev critic): use
 a decaying ``step_size`` schedule for the last digits of accuracy.
 
 Example:
-  >>> import jax, optax
-  >>> from mmdflow import flows, neural
+  >>> import jax
+  >>> from mmdflow import fields, flows
   >>> x0 = jax.random.normal(jax.random.key(0), (200, 2))
   >>> y = 0.5 * jax.random.normal(jax.random.key(1), (200, 2)) + 2.0
-  >>> critic = neural.mlp_critic(2, hidden=(32, 32), key=jax.random.key(2))
-  >>> s = neural.NeuralSobolevDescent(critic, critic_steps=5, step_size=0.05)
+  >>> critic = fields.mlp_critic(2, hidden=(32, 32), key=jax.random.key(2))
+  >>> s = flows.make("neural-sobolev", critic=critic, critic_steps=5, step_size=0.05)
   >>> state, hist = flows.run(s, x0, y, num_steps=20, key=jax.random.key(3), record_every=10)
   >>> hist["mmd2"].shape
   (3,)
@@ -41,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,12 +49,21 @@ import optax
 from flax import nnx
 
 from mmdflow._checks import check_int, check_points
-from mmdflow.flows._state import FlowState, _check_hyper, _init_state, _kinetic, schedule_value
+from mmdflow.fields._base import Velocity, check_hyper, schedule_value
 from mmdflow.kernels import Gaussian, Kernel
 from mmdflow.mmd import _weights
 from mmdflow.ops import check_kernel
 
-__all__ = ["NeuralSobolevDescent", "CriticState", "MLPCritic", "mlp_critic"]
+#: ``mmdflow flow`` and :meth:`NeuralSobolevField.defaults_for`: the particle step is this
+#: times the bandwidth. The field's critic is normalised (``E_q |grad f|^2 ~ 1``), so the
+#: particles move at about ``step_size`` per step and the step sets the jitter left at the
+#: end. 0.025 stalled (letter, 1000 points: 12x lower MMD^2, oscillating from step 20);
+#: 0.005 reaches 122x there and 1.3-38x more than 0.025 on every case of
+#: ``benchmarks/flow_defaults.py``; 0.0025 is better on 2-D pairs but too slow to cross a
+#: far source's gap in 500 steps (far3d: 13x, 26 particles in transit).
+STEP_FACTOR = 0.005
+#: the hidden widths of the default critic (:func:`mlp_critic`)
+DEFAULT_HIDDEN = (64, 64)
 
 
 class MLPCritic(nnx.Module):
@@ -134,7 +143,7 @@ def mlp_critic(
 
 
 class CriticState(NamedTuple):
-    """The critic part of :class:`~mmdflow.flows.FlowState` (``state.extra``).
+    """The state of a :class:`NeuralSobolevField` (``FlowState.extra`` in a flow).
 
     Attributes:
       params: ``nnx.State`` of the critic's ``nnx.Param`` variables (trained).
@@ -159,13 +168,16 @@ def _subsample(key, pts, w, size):
 
 
 @dataclasses.dataclass(frozen=True)
-class NeuralSobolevDescent:
+class NeuralSobolevField:
     """Neural Sobolev descent (Mroueh, Sercu & Raj 2019) with an augmented-Lagrangian critic.
 
     Per step (``x [n, d]`` particles, ``y [m, d]`` targets): ``critic_steps``
     optimizer updates of the critic on ``-L`` (see the module docstring), each
-    followed by ``lam <- lam - rho (1 - Omega)``; then
-    ``x <- x + step_size * grad_x f(x)``.
+    followed by ``lam <- lam - rho (1 - Omega)``; the velocity is then ``grad_x f``.
+    Its flow's default step is 0.05 (:data:`STEP_FACTOR` for ``mmdflow flow``): with the
+    constraint active the mean particle speed is about ``step_size`` even at
+    convergence, so it is also the jitter left at the end: keep it below the finest
+    length scale to be matched.
 
     The critic module is split once (``nnx.split``); its graph definition is kept
     static and its parameters, the optimizer state and ``lam`` are carried in
@@ -182,13 +194,6 @@ class NeuralSobolevDescent:
         ``L``). Default ``optax.adam(1e-3)``.
       critic_steps: critic updates per particle step (``n_c``; fewer means more
         "early stopping" and a smoother, less converged critic). Default 10.
-      step_size: particle step ``> 0`` or a schedule ``count -> value``. With the
-        constraint active the mean particle speed is about ``step_size`` even at
-        convergence, so it is also the jitter left at the end: keep it below the finest
-        length scale to be matched. Default 0.05. ``mmdflow flow`` uses 0.005 x the
-        median bandwidth: 0.025 x stalled MMD^2 on letter at 12x lower, while 0.005 x
-        reaches 122x there and crosses a far source's gap in 500 steps (0.0025 x does
-        not; ``benchmarks/RESULTS.md``, "Flow defaults").
       rho: augmented-Lagrangian penalty weight and multiplier learning rate,
         ``>= 0`` (or a schedule). Default 0.01. With per-sample gradients and
         Adam(1e-3), ``rho >= 0.1`` lets ``lam`` outrun the critic and oscillate
@@ -216,7 +221,6 @@ class NeuralSobolevDescent:
         default_factory=lambda: optax.adam(1e-3)
     )
     critic_steps: int = 10
-    step_size: Any = 0.05
     rho: Any = 0.01
     kernel: Kernel = dataclasses.field(default_factory=lambda: Gaussian(1.0))
     target_batch: int | None = None
@@ -224,9 +228,11 @@ class NeuralSobolevDescent:
     startup_critic_steps: int | None = None
     init_lagrange: float = 0.0
     reset_optimizer: bool = True
+    #: the flow's default Euler step
+    step_size: ClassVar[float] = 0.05
 
     def __post_init__(self):
-        cls = "NeuralSobolevDescent"
+        cls = "NeuralSobolevField"
         if not isinstance(self.critic, nnx.Module):
             raise ValueError(
                 f"{cls}: `critic` must be an flax.nnx.Module; got {type(self.critic)}."
@@ -237,9 +243,8 @@ class NeuralSobolevDescent:
         check_int(cls, "startup_critic_steps", self.startup_critic_steps, allow_none=True)
         check_int(cls, "target_batch", self.target_batch, allow_none=True)
         check_int(cls, "particle_batch", self.particle_batch, allow_none=True)
-        _check_hyper(cls, "step_size", self.step_size)
-        _check_hyper(cls, "rho", self.rho, allow_zero=True)
-        _check_hyper(cls, "init_lagrange", self.init_lagrange, allow_zero=True)
+        check_hyper(cls, "rho", self.rho, allow_zero=True)
+        check_hyper(cls, "init_lagrange", self.init_lagrange, allow_zero=True)
         check_kernel(self.kernel)
         graphdef, _, _ = nnx.split(self.critic, nnx.Param, ...)
         object.__setattr__(self, "_graphdef", graphdef)
@@ -255,7 +260,7 @@ class NeuralSobolevDescent:
             n = x.shape[0]
             if out.shape not in ((n,), (n, 1)):
                 raise ValueError(
-                    f"NeuralSobolevDescent: `critic` must map [n, d] -> [n] or [n, 1]; "
+                    f"NeuralSobolevField: `critic` must map [n, d] -> [n] or [n, 1]; "
                     f"got output shape {tuple(out.shape)} for input shape {tuple(x.shape)}."
                 )
             return jnp.reshape(out, (n,))
@@ -331,15 +336,26 @@ class NeuralSobolevDescent:
             return 10 * self.critic_steps
         return self.startup_critic_steps
 
-    # -- stepper protocol -------------------------------------------------------
+    # -- field protocol -------------------------------------------------------
 
-    def init(self, x0: jax.Array, key: jax.Array, wx: jax.Array | None = None) -> FlowState:
-        """Initial state; ``state.extra`` is a :class:`CriticState` from ``critic``.
+    @classmethod
+    def defaults_for(
+        cls, kernel: Kernel, bandwidth: float, n: int, d: int, key: jax.Array
+    ) -> dict[str, Any]:
+        """Flow and field hyperparameters for data at length scale ``bandwidth``.
+
+        A fresh :func:`mlp_critic` (``DEFAULT_HIDDEN``) from ``key`` and a step of
+        :data:`STEP_FACTOR` x ``bandwidth``; ``kernel`` only monitors MMD^2.
+        """
+        critic = mlp_critic(d, hidden=DEFAULT_HIDDEN, key=key)
+        return {"kernel": kernel, "critic": critic, "step_size": STEP_FACTOR * bandwidth}
+
+    def init(self, x0: jax.Array, key: jax.Array) -> CriticState:
+        """The critic's state (a :class:`CriticState`) from the module ``critic``.
 
         Args:
-          x0: ``[n, d]`` initial particles.
-          key: PRNG key (minibatch sampling).
-          wx: optional ``[n]`` particle weights.
+          x0: ``[n, d]`` initial particles (checks the critic's output shape).
+          key: unused (the critic is initialised already).
         """
         x0 = check_points("x0", x0)
         _, params, rest = nnx.split(self.critic, nnx.Param, ...)
@@ -351,51 +367,35 @@ class NeuralSobolevDescent:
             opt_state=self.optimizer.init(params),
             lagrange=jnp.asarray(self.init_lagrange, x0.dtype),
         )
-        state = _init_state(x0, key, wx, extra)
         # Check the critic's output shape eagerly (abstractly) for a clear error.
-        jax.eval_shape(self.critic_fn(extra), state.x)
-        return state
+        jax.eval_shape(self.critic_fn(extra), x0)
+        return extra
 
-    def step(self, state: FlowState, y: jax.Array, wy: jax.Array | None = None):
-        """One critic fit plus one particle step.
-
-        Args:
-          state: current :class:`~mmdflow.flows.FlowState`.
-          y: ``[m, d]`` target samples.
-          wy: optional ``[m]`` target weights.
+    def fit(self, x, wx, y, wy, extra, key, count) -> tuple[Velocity, CriticState, dict]:
+        """One critic fit; the velocity ``grad_x f`` of the fitted critic.
 
         Returns:
-          ``(new_state, aux)``, aux with scalars ``kinetic`` (weighted mean
-          ``|dx|^2 / step_size``), ``critic`` (``E_p f - E_q f`` after the critic
-          update), ``omega`` (``E_q |grad f|^2``) and ``lagrange`` (``lam``).
+          ``(velocity, extra, aux)``, aux with scalars ``critic`` (``E_p f - E_q f``
+          after the critic update), ``omega`` (``E_q |grad f|^2``) and ``lagrange``
+          (``lam``).
         """
-        x = state.x
         y = check_points("y", y, d=x.shape[1], other="x").astype(x.dtype)
         b = _weights("wy", wy, y.shape[0], "y", x.dtype)
-        eps = schedule_value(self.step_size, state.count)
-        rho = schedule_value(self.rho, state.count)
-        key, kc = jax.random.split(state.key)
+        rho = schedule_value(self.rho, count)
         n_first = self.num_startup_steps
         if n_first == self.critic_steps:
             num = self.critic_steps  # static trip count: a scan
         else:
-            num = jnp.where(state.count == 0, n_first, self.critic_steps)
-        extra = self.fit_critic(state.extra, x, state.wx, y, b, kc, num, rho)
+            num = jnp.where(count == 0, n_first, self.critic_steps)
+        extra = self.fit_critic(extra, x, wx, y, b, key, num, rho)
 
         fx, v = self._value_and_velocity(extra, x)
         v = v.astype(x.dtype)
         fy = self.critic_fn(extra)(y)
-        dx = (eps * v).astype(x.dtype)
         aux = {
-            "kinetic": _kinetic(dx, state.wx, eps).astype(x.dtype),
-            "critic": (jnp.dot(b, fy) - jnp.dot(state.wx, fx)).astype(x.dtype),
-            "omega": jnp.dot(state.wx, jnp.sum(v * v, axis=1)),
+            "critic": (jnp.dot(b, fy) - jnp.dot(wx, fx)).astype(x.dtype),
+            "omega": jnp.dot(wx, jnp.sum(v * v, axis=1)),
             "lagrange": extra.lagrange,
         }
-        new = state._replace(x=x + dx, key=key, count=state.count + 1, extra=extra)
-        return new, aux
-
-    def velocity(self, state: FlowState, x: jax.Array | None = None) -> jax.Array:
-        """``grad_x f(x) [n, d]`` of the current critic (at the particles by default)."""
-        x = state.x if x is None else check_points("x", x, d=state.x.shape[1])
-        return self._value_and_velocity(state.extra, x)[1]
+        fn = lambda z: self._value_and_velocity(extra, z)[1].astype(z.dtype)
+        return Velocity(v, fn), extra, aux

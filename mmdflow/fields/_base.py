@@ -1,0 +1,82 @@
+"""The velocity-field interface, schedules and hyperparameter checks shared by every field."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import numpy as np
+
+from mmdflow._checks import check_real, concrete_array
+
+
+class Velocity(NamedTuple):
+    """A fitted velocity field: what a field's ``fit`` returns for one step.
+
+    Attributes:
+      at_x: ``[n, d]`` velocity at the particles the field was fitted on, or ``None``
+        when the field has no cheaper way to get it than ``fn(x)``.
+      fn: ``[k, d] -> [k, d]``, the velocity at any points (noise-injected particles,
+        or passengers such as the pixels of colour transfer).
+    """
+
+    at_x: jax.Array | None
+    fn: Callable[[jax.Array], jax.Array]
+
+
+class VelocityField(Protocol):
+    """What :class:`mmdflow.flows.ParticleFlow` moves particles along.
+
+    A field is a frozen dataclass of hyperparameters (hashable: it is part of the jit
+    cache key) with:
+
+    * ``kernel``: the kernel the flow's MMD^2 is monitored with;
+    * ``step_size``: the class's default Euler step (used when the flow gives none);
+    * ``init(x0, key) -> extra``: the field's state (a pytree, ``None`` when stateless);
+    * ``fit(x, wx, y, wy, extra, key, count) -> (Velocity, extra, aux)``: the field fitted
+      on particles ``x [n, d]`` (normalised weights ``wx [n]``) and targets ``y [m, d]``
+      (weights ``wy [m]`` or ``None``), with a fresh PRNG ``key`` and the step ``count``
+      (for schedules); ``aux`` is a dict of scalars (``critic`` by convention: the
+      discrepancy estimate, or absent).
+    """
+
+    kernel: Any
+    step_size: Any
+
+    def init(self, x0: jax.Array, key: jax.Array) -> Any: ...
+
+    def fit(
+        self,
+        x: jax.Array,
+        wx: jax.Array,
+        y: jax.Array,
+        wy: jax.Array | None,
+        extra: Any,
+        key: jax.Array,
+        count: jax.Array,
+    ) -> tuple[Velocity, Any, dict[str, jax.Array]]: ...
+
+
+def schedule_value(v, count):
+    """A hyperparameter that is a constant or a schedule ``count -> value``."""
+    return v(count) if callable(v) else v
+
+
+def check_hyper(cls: str, name: str, v, allow_zero: bool = False) -> None:
+    """A hyperparameter that is a schedule, or real, finite and ``> 0`` (``>= 0``)."""
+    if callable(v):
+        return
+    check_real(cls, name, v)
+    a = concrete_array(v)
+    if a is None:
+        return
+    bad = (a < 0).any() if allow_zero else (a <= 0).any()
+    if bad or not np.isfinite(a).all():
+        rel = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{cls}: `{name}` must be finite and {rel}; got {a.tolist()}.")
+
+
+def check_bool(cls: str, name: str, v) -> None:
+    if not isinstance(v, bool | np.bool_):
+        raise ValueError(f"{cls}: `{name}` must be a bool; got {v!r}.")
