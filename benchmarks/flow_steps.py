@@ -14,6 +14,9 @@ dimensions moving towards ``n`` target points, float32:
 * ``sobolev_exact``: the exact-kernel critic solved matrix-free by conjugate gradients
   (``solver="cg"``), exactly ``--cg-iters`` iterations (``cg_tol=1e-30``); each iteration is one
   blocked cross-Hessian kernel sum over the ``n^2`` particle pairs. Reported per iteration too.
+* a name of ``mmdflow.flows.FLOWS`` (``sobolev``, ``mmd``, ``neural-sobolev``, ...): that flow
+  at the defaults ``mmdflow flow`` uses (``defaults_for`` the Gaussian's bandwidth); Gpairs/s
+  as for ``mmd_flow``.
 * ``mmd_flow``: the ``"mmd"`` flow (witness-gradient step with noise injection):
   two gradient kernel sums, ``n^2`` pairs each; Gpairs/s is ``2 n^2 / run_s``.
 
@@ -54,6 +57,8 @@ from mmdflow import flows, kernels
 
 SCHEMA = "mmdflow.bench.flow_steps/1"
 STEPPERS = ("sobolev_rff", "sobolev_exact", "mmd_flow")
+#: also every flow of the registry by name, at the defaults ``mmdflow flow`` uses
+CHOICES = STEPPERS + tuple(flows.FLOWS)
 QUICK_N, CPU_N, GPU_N = (1024, 4096), (4096, 16384, 65536), (65536, 262144, 1048576)
 # fp32 peak without tensor cores (TFLOP/s): device-kind substring -> peak
 PEAK_FP32_TFLOPS = {"H100": 67.0, "H200": 67.0}
@@ -69,7 +74,7 @@ def rff_model_flops(n: int, m: int, d: int) -> float:
     return 2.0 * n * m * m + 8.0 * n * m * d + 2.0 * n * m + 2.0 * m * m * d + m**3 / 3.0
 
 
-def make_stepper(name: str, args, d: int):
+def make_stepper(name: str, args, n: int, d: int):
     k = kernels.Gaussian(jnp.float32(np.sqrt(2.0 * d)))
     if name == "sobolev_rff":
         return flows.make("sobolev", k, step_size=0.5, reg=0.1, num_features=args.features)
@@ -85,7 +90,10 @@ def make_stepper(name: str, args, d: int):
         )
     if name == "mmd_flow":
         return flows.make("mmd", k, step_size=1.0, noise_level=0.1, impl=args.impl)
-    raise ValueError(f"unknown stepper {name!r}; choose from {STEPPERS}")
+    if name in flows.FLOWS:
+        bw = float(k.bandwidth)
+        return flows.make(name, **flows.FLOWS[name].defaults_for(k, bw, n, d, jax.random.key(0)))
+    raise ValueError(f"unknown stepper {name!r}; choose from {CHOICES}")
 
 
 def make_inputs(n: int, d: int, seed: int):
@@ -137,7 +145,7 @@ def run_config(args, name: str, n: int, d: int, prev) -> dict:
             )
             return rec
     x, y = make_inputs(n, d, args.seed)
-    rec.update(bench_one(make_stepper(name, args, d), x, y, args.repeats, args.seed))
+    rec.update(bench_one(make_stepper(name, args, n, d), x, y, args.repeats, args.seed))
     run_s = rec["run_s"]
     peak = peak_tflops(jax.devices()[0].device_kind)
     if name == "sobolev_rff":
@@ -218,7 +226,7 @@ def markdown_table(records: list[dict]) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help=f"small sweep: n {QUICK_N}")
-    p.add_argument("--steppers", nargs="+", choices=STEPPERS, default=list(STEPPERS))
+    p.add_argument("--steppers", nargs="+", choices=CHOICES, default=list(STEPPERS))
     p.add_argument("--n", type=int, nargs="+", help="particle counts (= target points)")
     p.add_argument("--d", type=int, nargs="+", default=[2], help="dimensions (default 2)")
     p.add_argument("--features", type=int, help="RFF features m (default 1024; 128 --quick)")

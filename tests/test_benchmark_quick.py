@@ -87,12 +87,11 @@ def test_flow_steps_quick_writes_json(tmp_path):
     bench = load_benchmark("flow_steps")
     out = tmp_path / "f.json"
     args = ["--quick", "--n", "128", "256", "--features", "64", "--cg-iters", "3"]
-    result = bench.main([*args, "--repeats", "1", "--out", str(out)])
+    steppers = [*bench.STEPPERS, "mmd"]  # and a flow of the registry by name
+    result = bench.main([*args, "--repeats", "1", "--steppers", *steppers, "--out", str(out)])
     assert json.loads(out.read_text())["metadata"]["schema"] == bench.SCHEMA
     recs = result["records"]
-    assert [(r["stepper"], r["n"]) for r in recs] == [
-        (s, n) for s in bench.STEPPERS for n in (128, 256)
-    ]
+    assert [(r["stepper"], r["n"]) for r in recs] == [(s, n) for s in steppers for n in (128, 256)]
     assert all(r["status"] == "ok" and r["finite"] and r["run_s"] > 0 for r in recs)
     for r in recs:
         if r["stepper"] == "sobolev_rff":
