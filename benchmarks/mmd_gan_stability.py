@@ -54,8 +54,14 @@ Usage:
   python benchmarks/mmd_gan_stability.py --part compare --datasets 8gaussians grid25 emb10
                                                                  # 10 min (reads the above)
 
-Digits are slow on CPU: the kernelized step with the conv generator and critic took 11-15 s
-(10-step probe, 2 loaded cores), so the RESULTS.md run left them out.
+  python benchmarks/mmd_gan_stability.py --part compare --datasets digits --steps 100
+      --seeds 2 --batch-size 64 --critic-steps 1 --eval-every 20
+      --out benchmarks/results/mmd_gan_compare_digits_cpu.json   # one command; 36 min
+
+Digits are slow on CPU (2 loaded cores, batch 128, critic steps 5: kernelized step ~3 s with the
+GP critic, ~8 s with SMMD, whose critic update differentiates the features' Jacobian; gd-adam
+~1.9 s with GP), so RESULTS.md's digits run is the smaller configuration above (batch 64, 100
+steps, 1 critic update per generator step, 2 seeds), run on its own.
 No pytest smoke test: ``--quick`` takes longer than the 10 s CI allowance (compilation).
 
 JSON + PNG per part: ``benchmarks/results/mmd_gan_{stability,compare}_<platform>[_quick]``.
