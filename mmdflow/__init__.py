@@ -1,7 +1,9 @@
 """mmdflow: kernel-discrepancy (MMD / Sobolev) gradient flows in JAX.
 
-Layers (no upward imports): ``kernels`` -> ``ops`` -> ``mmd`` (MMD^2, witness)
--> ``flows`` -> ``train``.
+Layers (no upward imports): ``kernels`` -> ``ops`` -> ``mmd`` (MMD^2, witness), ``sobolev``
+(critics), ``sharding`` (the same sums on a mesh) -> ``fields`` (velocity fields) -> ``flows``
+(``ParticleFlow``, the registry ``FLOWS``) -> ``kernelized``, ``critics``, ``train`` (generators)
+-> ``cli``.
 """
 
 from mmdflow import kernels, ops

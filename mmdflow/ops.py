@@ -48,7 +48,9 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +66,8 @@ __all__ = [
     "kernel_grad_matvec",
     "kernel_hessian_matvec",
     "IMPLS",
+    "STRATEGIES",
+    "SumConfig",
     "AUTO_DENSE_MAX_PAIRS",
     "DEFAULT_BLOCK_SIZE",
     "AUTO_PALLAS_ON_GPU",
@@ -91,6 +95,52 @@ CPU_TILE_COLS = 16384
 #: (benchmarks/RESULTS.md)
 CPU_UNROLL_COL_BLOCKS = 4
 _AUTO_PALLAS_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+#: collective strategies of kernel sums over point sets sharded on a mesh (:mod:`mmdflow.sharding`)
+STRATEGIES = ("allgather", "ring")
+
+
+@dataclasses.dataclass(frozen=True)
+class SumConfig:
+    """How a flow's kernel sums run: one hashable configuration (part of the jit cache key).
+
+    Attributes:
+      impl: ``"auto"``, ``"dense"``, ``"blocked"`` or ``"pallas"`` (see the module docstring).
+      block_size: tile size ``b`` or ``(rows, cols)``; ``None`` is the tuned default.
+      mesh: ``None``, or a ``jax.sharding.Mesh``: the point sets are padded and sharded
+        along ``axis`` and every sum is a ``shard_map`` collective (:mod:`mmdflow.sharding`;
+        its local sums are blocked, so ``impl`` does not apply). A flow on a mesh
+        (``ParticleFlow(mesh=...)``) sets it in its field.
+      axis: the mesh axis the samples are split over.
+      strategy: ``"allgather"`` (every device briefly holds all of ``y``) or ``"ring"``
+        (``ppermute`` rotations: at most two shards of ``y`` per device, forward and
+        reverse).
+    """
+
+    impl: str = "auto"
+    block_size: int | tuple[int, int] | None = None
+    mesh: Any = None
+    axis: str = "data"
+    strategy: str = "allgather"
+
+    def __post_init__(self):
+        if self.impl not in IMPLS:
+            raise ValueError(f"SumConfig: `impl` must be one of {IMPLS}; got {self.impl!r}.")
+        if self.block_size is not None:
+            check_block_size(self.block_size)
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"SumConfig: `strategy` must be one of {STRATEGIES}; got {self.strategy!r}."
+            )
+        if self.mesh is not None and self.axis not in self.mesh.axis_names:
+            raise ValueError(
+                f"SumConfig: `axis` {self.axis!r} is not an axis of the mesh "
+                f"{tuple(self.mesh.axis_names)}."
+            )
+
+    @property
+    def tiles(self) -> int | tuple[int, int]:
+        """``block_size``, or the default tile size when it is ``None``."""
+        return DEFAULT_BLOCK_SIZE if self.block_size is None else self.block_size
 
 
 def check_kernel(k) -> Kernel:

@@ -114,7 +114,8 @@ for st in S.STRATEGIES:
     r["grad_mmd2_x"], r["grad_mmd2_y"], r["grad_mmd2_wx"], r["grad_mmd2_bw"] = [
         rel(a, b) for a, b in zip(g1, ref["grad"])]
     # sharded MMD flow (noise injection) vs the unsharded stepper, through flows.run
-    sf = S.ShardedMMDFlow(k, mesh, step_size=0.5, noise_level=noise, strategy=st, block_size=bs)
+    sf = flows.make("mmd", k, step_size=0.5, noise_level=noise, mesh=mesh,
+                    sums=ops.SumConfig(strategy=st, block_size=bs))
     s1, h1 = flows.run(sf, x, y, num_steps=4, key=jax.random.key(3), record_every=4)
     r["flow_particles"] = rel(sf.particles(s1), s0.x)
     r["flow_mmd2"] = rel(h1["mmd2"], h0["mmd2"])
@@ -145,17 +146,18 @@ xs_, ys_, ws_ = x[:203], y[:150], wx[:203]  # uneven
 u = flows.make("sobolev", k, step_size=0.5, reg=0.1, solver="cg", cg_tol=1e-10)
 s0, h0 = flows.run(u, xs_, ys_, num_steps=3, key=jax.random.key(3), record_every=3, wx=ws_)
 for st in S.STRATEGIES:
-    sd = S.ShardedKernelSobolevDescent(k, mesh, step_size=0.5, reg=0.1, cg_tol=1e-10,
-                                       strategy=st, block_size=bs)
+    sd = flows.make("sobolev", k, step_size=0.5, reg=0.1, cg_tol=1e-10, mesh=mesh,
+                    sums=ops.SumConfig(strategy=st, block_size=bs))
     s1, h1 = flows.run(sd, xs_, ys_, num_steps=3, key=jax.random.key(3), record_every=3, wx=ws_)
     out[st]["sobolev_exact"] = max(rel(sd.particles(s1), s0.x), rel(h1["mmd2"], h0["mmd2"]),
                                    rel(h1["kinetic"][1:], h0["kinetic"][1:]),
                                    rel(h1["critic"][1:], h0["critic"][1:]))
     out[st]["sobolev_exact_spec"] = spec(s1.x)
-# random features through ShardedStepper (uneven n, features redrawn every step)
+# random features on a mesh (uneven n, features redrawn every step): jit partitions the GEMMs
 rs = flows.make("sobolev", k, step_size=0.5, reg=0.1, num_features=32, resample_features=True)
 a0, g0 = flows.run(rs, xs_, ys_, num_steps=3, key=jax.random.key(1), record_every=3)
-ss = S.ShardedStepper(rs, mesh)
+ss = flows.make("sobolev", k, step_size=0.5, reg=0.1, num_features=32, resample_features=True,
+                mesh=mesh)
 a1, g1 = flows.run(ss, xs_, ys_, num_steps=3, key=jax.random.key(1), record_every=3)
 out["stepper_rff"] = max(rel(ss.particles(a1), a0.x), rel(g1["mmd2"], g0["mmd2"]))
 out["stepper_rff_spec"] = spec(a1.x)
@@ -165,7 +167,7 @@ for name in flows.FLOWS:
     kw = flows.FLOWS[name].defaults_for(k, 0.9, xs_.shape[0], 2, jax.random.key(7))
     fl = flows.make(name, **kw)
     b0, c0 = flows.run(fl, xs_, ys_, num_steps=3, key=jax.random.key(2), record_every=3, wx=ws_)
-    sf = S.ShardedStepper(fl, mesh)
+    sf = flows.make(name, **kw, mesh=mesh)
     b1, c1 = flows.run(sf, xs_, ys_, num_steps=3, key=jax.random.key(2), record_every=3, wx=ws_)
     err = max(rel(sf.particles(b1), b0.x), rel(c1["mmd2"], c0["mmd2"]),
               rel(c1["kinetic"][1:], c0["kinetic"][1:]))

@@ -263,7 +263,7 @@ def _bad_inputs(tmp_path):
         "bad-method": (["--method", "nope"], "--method"),
         "devices-too-many": (["--devices", 4096], "--devices 4096: only"),
         "devices-0": (["--devices", 0], "--devices"),
-        "devices-neural": (["--devices", 1, "--method", "neural-sobolev"], "--devices applies"),
+        "reg-mmd": (["--method", "mmd", "--reg", 0.1], "--reg does not apply to --method mmd"),
         "impl-devices": (["--devices", 1, "--impl", "dense"], "--impl dense applies"),
         "impl-bad": (["--impl", "nope"], "--impl"),
     }
@@ -281,7 +281,7 @@ def _bad_inputs(tmp_path):
         "bad-method",
         "devices-too-many",
         "devices-0",
-        "devices-neural",
+        "reg-mmd",
         "impl-devices",
         "impl-bad",
     ],

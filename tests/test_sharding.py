@@ -158,13 +158,15 @@ def test_argument_validation():
         sharding.sharded_kernel_matvec(k, x, np.zeros((4, 3)), np.ones(4), mesh)
     with pytest.raises(ValueError, match="`w` must have shape"):
         sharding.sharded_kernel_matvec(k, x, x, np.ones(5), mesh)
-    # sharded flows and generator directions
-    from mmdflow import flows
+    # flows on a mesh and generator directions
+    from mmdflow import flows, ops
 
-    with pytest.raises(ValueError, match="reg"):
-        sharding.ShardedKernelSobolevDescent(k, mesh, reg=-1.0)
-    with pytest.raises(ValueError, match="ShardedMMDFlow"):
-        sharding.ShardedStepper(flows.make("mmd", k, noise_level=0.1), mesh)
+    with pytest.raises(ValueError, match="axis"):
+        flows.make("mmd", k, mesh=mesh, axis="model")
+    with pytest.raises(ValueError, match="strategy"):
+        ops.SumConfig(strategy="tree")
+    with pytest.raises(ValueError, match="cholesky"):
+        flows.make("sobolev", k, solver="cholesky", mesh=mesh)
     with pytest.raises(ValueError, match="strategy"):
         sharding.direction_fn(mesh, strategy="tree")
     gen = lambda p, z: z @ p

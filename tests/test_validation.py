@@ -145,8 +145,13 @@ def test_traced_weights_are_not_checked_and_kernel_sums_take_signed_weights():
         (lambda: kernels.Scaled(K, -1.0), r"Scaled: `scale` must be finite and > 0; got -1.0"),
         (lambda: -2.0 * K, r"Scaled: `scale` must be finite and > 0; got -2.0"),
         (lambda: kernels.Scaled(K, "2"), r"Scaled: `scale` must be a real number"),
-        (lambda: flows.make("mmd", K, impl="foo"), r"MMDField: `impl` must be one of .*'foo'"),
-        (lambda: flows.make("mmd", K, block_size=0), r"`block_size` must be positive"),
+        (lambda: ops.SumConfig(impl="foo"), r"SumConfig: `impl` must be one of .*'foo'"),
+        (lambda: ops.SumConfig(block_size=0), r"`block_size` must be positive"),
+        (lambda: flows.make("mmd", K, impl="auto"), r"unknown hyperparameter\(s\) \['impl'\]"),
+        (
+            lambda: flows.make("mmd", K, sums="blocked"),
+            r"MMDField: `sums` must be an ops.SumConfig",
+        ),
         (
             lambda: flows.make("mmd", K, step_size="0.1"),
             r"ParticleFlow: `step_size` must be a real",

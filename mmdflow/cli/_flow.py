@@ -44,10 +44,6 @@ def _make_mesh(num: int):
     return sharding.make_mesh(num)
 
 
-#: the methods that run on a device mesh (``--devices``), with their sharded steppers
-_SHARDED = ("sobolev", "mmd")
-
-
 def _field_params(method: str) -> set[str]:
     """The hyperparameters of ``--method``'s velocity field."""
     import dataclasses
@@ -63,15 +59,12 @@ def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int, mesh=None
     The defaults are the field's ``defaults_for`` the data's bandwidth and size
     (:data:`mmdflow.flows.FLOWS`); the options override them: ``--step-size`` (absolute),
     ``--reg`` (in units of ``1 / bandwidth^2``), ``--noise`` (in units of the bandwidth),
-    ``--num-features`` / ``--fixed-features``. With a ``mesh`` (``--devices``) the
-    particles and targets are padded and sharded over it:
-    :class:`~mmdflow.sharding.ShardedMMDFlow`, the exact critic by sharded CG
-    (:class:`~mmdflow.sharding.ShardedKernelSobolevDescent`) or random features through
-    :class:`~mmdflow.sharding.ShardedStepper`.
+    ``--num-features`` / ``--fixed-features``, ``--impl``. With a ``mesh`` (``--devices``)
+    the flow pads and shards the particles and targets over it (``ParticleFlow.mesh``).
     """
     import jax
 
-    from mmdflow import flows, sharding
+    from mmdflow import flows, ops
 
     cls = flows.FLOWS[args.method]
     params = _field_params(args.method)
@@ -106,24 +99,15 @@ def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int, mesh=None
     settings["noise_rule"] = (
         "noise is in units of the bandwidth; the flow gets noise_level_absolute"
     )
-    if "impl" in params:
-        kw["impl"] = args.impl
-    if mesh is not None and args.method == "mmd":
-        keep = ("step_size", "noise_level")
-        stepper = sharding.ShardedMMDFlow(kernel, mesh, **{k: kw[k] for k in keep if k in kw})
-    elif mesh is not None and kw.get("num_features") is None:
-        keep = ("step_size", "reg", "max_move", "normalize", "cg_tol", "cg_maxiter")
-        stepper = sharding.ShardedKernelSobolevDescent(
-            kernel, mesh, **{k: kw[k] for k in keep if k in kw}
-        )
-        settings["solver"] = "cg (sharded exact critic)"
-    else:
-        stepper = flows.make(args.method, **kw)
-        if mesh is not None:
-            stepper = sharding.ShardedStepper(stepper, mesh)
-    field = getattr(stepper, "field", None)
+    if "sums" in params:
+        kw["sums"] = ops.SumConfig(impl=args.impl)
+    if mesh is not None:
+        kw["mesh"] = mesh
+        if kw.get("num_features", 0) is None:
+            settings["solver"] = "cg (sharded exact critic)"
+    stepper = flows.make(args.method, **kw)
     for name in sorted(params):  # the field's other scalar hyperparameters, as used
-        v = getattr(field, name, None)
+        v = getattr(stepper.field, name, None)
         if isinstance(v, bool | int | float | str) and name not in settings:
             settings[name] = v
     return stepper, settings
@@ -142,12 +126,6 @@ def _check_options(args) -> None:
         raise CLIError(f"--fixed-features does not apply to --method {args.method}")
     if args.num_features != "auto" and "num_features" not in params:
         raise CLIError(f"--num-features does not apply to --method {args.method}")
-    if args.devices is not None and args.method not in _SHARDED:
-        raise CLIError(
-            f"--devices applies only to --method {' and '.join(_SHARDED)} (got {args.method})"
-        )
-    if args.devices is not None and args.noise and args.method != "mmd":
-        raise CLIError(f"--noise with --devices applies only to --method mmd (got {args.method})")
     if args.devices is not None and args.impl != "auto":
         raise CLIError(
             f"--impl {args.impl} applies without --devices (the sharded flows use their own "

@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="shard the particles and targets over the first N devices (a 1-D mesh; "
-        "sobolev and mmd only; default: no sharding, one device)",
+        "every --method; default: no sharding, one device)",
     )
     f.add_argument(
         "--impl",

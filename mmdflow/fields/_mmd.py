@@ -11,7 +11,8 @@ from mmdflow._checks import check_block_size
 from mmdflow.fields._base import Velocity
 from mmdflow.kernels import Kernel
 from mmdflow.mmd import witness_grad
-from mmdflow.ops import IMPLS, check_kernel
+from mmdflow.ops import SumConfig, check_kernel
+from mmdflow.sharding._mmd import _witness_padded
 
 #: :meth:`MMDField.defaults_for` (``mmdflow flow``): the step is this times ``bandwidth**2``
 #: (the witness gradient scales like ``1 / bandwidth``, its Jacobian like
@@ -29,20 +30,19 @@ class MMDField:
 
     Attributes:
       kernel: the kernel.
-      impl, block_size: kernel-sum implementation (see :mod:`mmdflow.ops`).
+      sums: how the kernel sums run (:class:`mmdflow.ops.SumConfig`: implementation, tiles;
+        on a mesh, the collective strategy).
     """
 
     kernel: Kernel
-    impl: str = "auto"
-    block_size: int = 1024
+    sums: SumConfig = SumConfig()
     #: the flow's default Euler step
     step_size: ClassVar[float] = 1.0
 
     def __post_init__(self):
         check_kernel(self.kernel)
-        if self.impl not in IMPLS:
-            raise ValueError(f"MMDField: `impl` must be one of {IMPLS}; got {self.impl!r}.")
-        check_block_size(self.block_size)
+        if not isinstance(self.sums, SumConfig):
+            raise ValueError(f"MMDField: `sums` must be an ops.SumConfig; got {self.sums!r}.")
 
     @classmethod
     def defaults_for(
@@ -56,9 +56,13 @@ class MMDField:
         return None
 
     def fit(self, x, wx, y, wy, extra, key, count) -> tuple[Velocity, Any, dict]:
+        s = self.sums
+        if s.mesh is not None:  # padded, sharded inputs with normalised weights (ParticleFlow)
+            opts = (s.mesh, s.axis, s.strategy, check_block_size(s.tiles))
+            fn = lambda z: _witness_padded("grad", self.kernel, z, x, y, wx, wy, *opts)
+            return Velocity(None, fn), extra, {}
+
         def fn(z):
-            return witness_grad(
-                z, x, y, self.kernel, wx=wx, wy=wy, impl=self.impl, block_size=self.block_size
-            )
+            return witness_grad(z, x, y, self.kernel, wx=wx, wy=wy, impl=s.impl, block_size=s.tiles)
 
         return Velocity(None, fn), extra, {}

@@ -8,12 +8,13 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from mmdflow._checks import check_int, check_points
+from mmdflow._checks import check_block_size, check_int, check_points
 from mmdflow.features import RFF
 from mmdflow.fields._base import Velocity, check_bool, check_hyper, schedule_value
 from mmdflow.kernels import Kernel, _pytree
 from mmdflow.mmd import _weights
-from mmdflow.ops import check_kernel
+from mmdflow.ops import SumConfig, check_kernel
+from mmdflow.sharding._sobolev import _exact_critic_padded
 from mmdflow.sobolev import SOLVERS, compute_dtype, exact_critic, rff_embedding, rff_solve
 
 #: :meth:`SobolevField.defaults_for` (``mmdflow flow``): the exact kernel critic when
@@ -91,6 +92,9 @@ class SobolevField:
         reaches 10^4 to 4 x 10^5 times lower MMD^2 in 500 steps with ``m = 128``, versus
         10^2 to 10^4 with fixed ``m = 512``.
       cg_tol, cg_maxiter: CG stopping rule of the exact critic (``solver="cg"``).
+      sums: how the exact critic's kernel sums run (:class:`mmdflow.ops.SumConfig`); on a
+        mesh the critic is solved by CG on sharded coefficients with sharded cross-Hessian
+        sums (random features need nothing: their sums are GEMMs that ``jit`` partitions).
     """
 
     kernel: Kernel
@@ -101,6 +105,7 @@ class SobolevField:
     resample_features: bool = False
     cg_tol: float = 1e-6
     cg_maxiter: int = 200
+    sums: SumConfig = SumConfig()
     #: the flow's default Euler step
     step_size: ClassVar[float] = 1.0
 
@@ -120,6 +125,12 @@ class SobolevField:
             raise ValueError(f"{cls}: `solver` must be one of {SOLVERS}; got {self.solver!r}.")
         check_bool(cls, "normalize", self.normalize)
         check_bool(cls, "resample_features", self.resample_features)
+        if not isinstance(self.sums, SumConfig):
+            raise ValueError(f"{cls}: `sums` must be an ops.SumConfig; got {self.sums!r}.")
+        if self.sums.mesh is not None and self.num_features is None and self.solver == "cholesky":
+            raise ValueError(
+                f"{cls}: on a mesh the exact critic is solved by CG; got solver='cholesky'."
+            )
 
     @classmethod
     def defaults_for(
@@ -158,6 +169,13 @@ class SobolevField:
         with the features in ``extra`` (the target embedding cached there).
         """
         reg = schedule_value(self.reg, count)
+        s = self.sums
+        if self.num_features is None and s.mesh is not None:  # padded, sharded, normalised
+            opts = (s.mesh, s.axis, s.strategy, check_block_size(s.tiles))
+            c = _exact_critic_padded(
+                self.kernel, x, y, wx, wy, reg, *opts, self.cg_tol, self.cg_maxiter
+            )
+            return c, extra
         if self.num_features is None:
             c = exact_critic(
                 self.kernel,
@@ -169,6 +187,7 @@ class SobolevField:
                 solver=self.solver,
                 cg_tol=self.cg_tol,
                 cg_maxiter=self.cg_maxiter,
+                impl=s.impl,
             )
             return c, extra
         x = check_points("x", x)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -13,6 +14,18 @@ from mmdflow._checks import check_points, concrete_array
 from mmdflow.fields import Velocity, VelocityField, schedule_value
 from mmdflow.fields._base import check_hyper
 from mmdflow.flows._state import FlowState, _cap_rows, _init_state, _kinetic
+from mmdflow.mmd import _weights
+from mmdflow.sharding._mesh import _axis_size, _constrain, _pad_to
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["extra"], meta_fields=["n"])
+@dataclasses.dataclass(frozen=True)
+class MeshExtra:
+    """``FlowState.extra`` of a flow on a mesh: the field's state and the number ``n`` of
+    real particles (static; the rows after them are zero-weight padding)."""
+
+    extra: Any
+    n: int
 
 
 def _is_zero(v) -> bool:
@@ -56,6 +69,14 @@ class ParticleFlow:
         from the target), and an Euler step there overshoots: a few particles are flung
         far beyond the target, where every kernel term vanishes and they stay. A cap of
         a fraction of the kernel's length scale is inactive once the particles are close.
+      mesh: ``None``, or a ``jax.sharding.Mesh`` to run on: the particles and targets
+        are padded to a multiple of the ``axis`` size with zero-weight copies of their last
+        row and sharded over it, and the field's kernel sums (its ``sums``, an
+        :class:`~mmdflow.ops.SumConfig`) become collectives over the mesh (strategy from
+        the field's ``sums``); noise is drawn for the real particles as on one device, so
+        the run equals the one-device run up to summation order. The state stays padded:
+        :meth:`particles` gives the ``[n, d]`` real particles.
+      axis: the mesh axis the samples are split over.
 
     Example:
       >>> import jax
@@ -72,6 +93,8 @@ class ParticleFlow:
     step_size: Any = None
     noise_level: Any = 0.0
     max_move: Any = None
+    mesh: Any = None
+    axis: str = "data"
 
     def __post_init__(self):
         if not (hasattr(self.field, "init") and hasattr(self.field, "fit")):
@@ -85,6 +108,14 @@ class ParticleFlow:
         check_hyper("ParticleFlow", "noise_level", self.noise_level, allow_zero=True)
         if self.max_move is not None:
             check_hyper("ParticleFlow", "max_move", self.max_move)
+        if self.mesh is not None:
+            _axis_size(self.mesh, self.axis)
+            sums = getattr(self.field, "sums", None)
+            if sums is not None:  # the field's sums run on the same mesh
+                if sums.mesh is not None and (sums.mesh, sums.axis) != (self.mesh, self.axis):
+                    raise ValueError("ParticleFlow: the field's `sums` run on another mesh.")
+                sums = dataclasses.replace(sums, mesh=self.mesh, axis=self.axis)
+                object.__setattr__(self, "field", dataclasses.replace(self.field, sums=sums))
 
     @property
     def kernel(self):
@@ -95,7 +126,20 @@ class ParticleFlow:
         """The state at particles ``x0 [n, d]`` (weights ``wx [n]``, default uniform)."""
         x0 = check_points("x0", x0)
         key, kf = jax.random.split(key)
-        return _init_state(x0, key, wx, self.field.init(x0, kf))
+        if self.mesh is None:
+            return _init_state(x0, key, wx, self.field.init(x0, kf))
+        size = _axis_size(self.mesh, self.axis)
+        a = _pad_to(_weights("wx", wx, x0.shape[0], "x0", x0.dtype), size, "constant")
+        xp = self._shard(_pad_to(x0, size, "edge"))
+        extra = MeshExtra(self.field.init(xp, kf), x0.shape[0])
+        return _init_state(xp, key, self._shard(a), extra)
+
+    def _shard(self, a):
+        return _constrain(a, self.mesh, self.axis) if self.mesh is not None else a
+
+    def particles(self, state: FlowState) -> jax.Array:
+        """The ``[n, d]`` real particles of ``state`` (without a mesh: ``state.x``)."""
+        return state.x if self.mesh is None else state.x[: state.extra.n]
 
     def velocity(
         self, state: FlowState, y: jax.Array, wy: jax.Array | None = None
@@ -109,15 +153,27 @@ class ParticleFlow:
           pixels of colour transfer), the state with the field's new state and the next
           key (the particles not moved), and the field's aux.
         """
-        check_points("y", y, d=state.x.shape[1], other="x0")
+        y = check_points("y", y, d=state.x.shape[1], other="x0")
         key, kf = jax.random.split(state.key)
-        vel, extra, aux = self.field.fit(state.x, state.wx, y, wy, state.extra, kf, state.count)
+        extra, n = state.extra, state.x.shape[0]
+        if self.mesh is not None:  # padded, sharded targets with normalised weights
+            extra, n = extra.extra, extra.n
+            size = _axis_size(self.mesh, self.axis)
+            b = _weights("wy", wy, y.shape[0], "y", state.x.dtype)
+            y = self._shard(_pad_to(y.astype(state.x.dtype), size, "edge"))
+            wy = self._shard(_pad_to(b, size, "constant"))
+        vel, extra, aux = self.field.fit(state.x, state.wx, y, wy, extra, kf, state.count)
         if _is_zero(self.noise_level):
             v = vel.at_x if vel.at_x is not None else vel.fn(state.x)
-        else:
+        else:  # drawn for the n real particles, as on one device
             beta = schedule_value(self.noise_level, state.count)
-            eps = jax.random.normal(jax.random.fold_in(kf, 1), state.x.shape, state.x.dtype)
+            d = state.x.shape[1]
+            eps = jax.random.normal(jax.random.fold_in(kf, 1), (n, d), state.x.dtype)
+            if self.mesh is not None:
+                eps = _pad_to(eps, _axis_size(self.mesh, self.axis), "edge")
             v = vel.fn(state.x + beta * eps)
+        if self.mesh is not None:
+            extra = MeshExtra(extra, n)
         return v, vel, state._replace(key=key, extra=extra), aux
 
     def move(self, state: FlowState, v: jax.Array, aux: dict) -> tuple[FlowState, dict]:
@@ -129,7 +185,7 @@ class ParticleFlow:
         out = {"kinetic": _kinetic(dx, state.wx, eps)}
         out["critic"] = jnp.asarray(jnp.nan, state.x.dtype)
         out.update(aux)
-        return state._replace(x=state.x + dx, count=state.count + 1), out
+        return state._replace(x=self._shard(state.x + dx), count=state.count + 1), out
 
     def step(
         self, state: FlowState, y: jax.Array, wy: jax.Array | None = None

@@ -48,14 +48,11 @@ Notes:
   blocked sums of :mod:`mmdflow.ops` start their scan carries from device-invariant
   zeros, which the varying-axes type check rejects. Autodiff results are the same
   either way (checked against single-device gradients in the tests).
-* Flows: :class:`ShardedMMDFlow` is the ``"mmd"`` flow on sharded
-  particles and targets; :class:`ShardedKernelSobolevDescent` is exact-kernel Sobolev
-  descent whose critic (:func:`sharded_exact_critic`) is solved by matrix-free CG on
-  sharded coefficients with sharded cross-Hessian sums. Random-feature
-  ``"sobolev"`` flow needs no new code: its sums over
-  particles are GEMMs that ``jit`` partitions (GSPMD) when the inputs are sharded;
-  :class:`ShardedStepper` adds the padding for any ``n``. All three keep the state
-  padded and sharded ``P(axis)``, with zero weight on the padding rows.
+* Flows need no sharded twin: ``flows.make(name, ..., mesh=mesh)`` (a
+  :class:`~mmdflow.flows.ParticleFlow` with a ``mesh``) pads and shards the particles and
+  targets, and its field's kernel sums (``ops.SumConfig(mesh=..., strategy=...)``) run as
+  the collectives here: the MMD flow's witness gradient, the exact Sobolev critic by CG on
+  sharded coefficients; random features and neural critics are partitioned by ``jit``.
 * Generators: :func:`sharded_direction` (or the drop-in :func:`direction_fn`) is
   :func:`mmdflow.kernelized.direction` with the latent and target batches sharded and
   the parameters replicated: local JVPs / VJPs, ``psum`` of the parameter
@@ -77,7 +74,6 @@ Example:
   True
 """
 
-from mmdflow.sharding._flows import ShardedKernelSobolevDescent, ShardedMMDFlow, ShardedStepper
 from mmdflow.sharding._kernelized import SHARDED_DIRECTIONS, direction_fn, sharded_direction
 from mmdflow.sharding._mesh import DEFAULT_AXIS, STRATEGIES, ShardedPoints, make_mesh, shard_points
 from mmdflow.sharding._mmd import sharded_mmd2, sharded_witness, sharded_witness_grad
@@ -101,9 +97,6 @@ __all__ = [
     "sharded_witness",
     "sharded_witness_grad",
     "sharded_exact_critic",
-    "ShardedMMDFlow",
-    "ShardedKernelSobolevDescent",
-    "ShardedStepper",
     "SHARDED_DIRECTIONS",
     "sharded_direction",
     "direction_fn",

@@ -15,11 +15,8 @@ from jax.sharding import PartitionSpec as P
 
 from mmdflow._checks import check_block_size, check_points, check_weights
 from mmdflow.mmd import _weights
-from mmdflow.ops import (
-    check_kernel,
-)
+from mmdflow.ops import STRATEGIES, check_kernel
 
-STRATEGIES = ("allgather", "ring")
 DEFAULT_AXIS = "data"
 _KINDS = ("matvec", "grad", "hess")
 
