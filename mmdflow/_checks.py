@@ -201,3 +201,38 @@ def check_positive(cls: str, name: str, v):
         raise ValueError(
             f"{cls}: `{name}` must be finite and > 0; got {a.tolist()} (shape {a.shape})."
         )
+
+
+def normalized_weights(name, w, n, points, dtype):
+    """Validated probability weights ``[n]`` normalised to sum to 1 (uniform for ``None``).
+
+    Concrete weights must be finite, ``>= 0`` and not all zero (ValueError otherwise);
+    traced weights are not inspected (all-zero traced weights give NaN).
+    """
+    if w is None:
+        return jnp.full((n,), 1.0 / n, dtype)
+    w = check_weights(name, w, n, points)
+    if w.ndim != 1:
+        raise ValueError(f"`{name}` must have shape [{n}]; got shape {tuple(w.shape)}.")
+    check_probability_weights(name, w, points)
+    w = w.astype(dtype)
+    return w / jnp.sum(w)
+
+
+def check_hyper(cls: str, name: str, v, allow_zero: bool = False) -> None:
+    """A hyperparameter that is a schedule, or real, finite and ``> 0`` (``>= 0``)."""
+    if callable(v):
+        return
+    check_real(cls, name, v)
+    a = concrete_array(v)
+    if a is None:
+        return
+    bad = (a < 0).any() if allow_zero else (a <= 0).any()
+    if bad or not np.isfinite(a).all():
+        rel = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{cls}: `{name}` must be finite and {rel}; got {a.tolist()}.")
+
+
+def check_bool(cls: str, name: str, v) -> None:
+    if not isinstance(v, bool | np.bool_):
+        raise ValueError(f"{cls}: `{name}` must be a bool; got {v!r}.")

@@ -32,7 +32,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mmdflow._checks import check_points, check_probability_weights, check_weights
+from mmdflow._checks import check_points, normalized_weights
 from mmdflow.kernels import Kernel, _pytree, _Squared
 from mmdflow.ops import DEFAULT_BLOCK_SIZE, check_kernel, kernel_grad_matvec, kernel_matvec
 
@@ -46,22 +46,6 @@ def _points(x, y, min_n=1):
     y = check_points("y", y, d=x.shape[1], min_n=min_n)
     dtype = jnp.result_type(x.dtype, y.dtype)
     return x.astype(dtype), y.astype(dtype)
-
-
-def _weights(name, w, n, points, dtype):
-    """Validated probability weights ``[n]`` normalised to sum to 1 (uniform for ``None``).
-
-    Concrete weights must be finite, ``>= 0`` and not all zero (ValueError otherwise);
-    traced weights are not inspected (all-zero traced weights give NaN).
-    """
-    if w is None:
-        return jnp.full((n,), 1.0 / n, dtype)
-    w = check_weights(name, w, n, points)
-    if w.ndim != 1:
-        raise ValueError(f"`{name}` must have shape [{n}]; got shape {tuple(w.shape)}.")
-    check_probability_weights(name, w, points)
-    w = w.astype(dtype)
-    return w / jnp.sum(w)
 
 
 def mmd2(
@@ -115,8 +99,8 @@ def mmd2(
         kv = jax.vmap(k)
         return jnp.mean(kv(x1, x2) + kv(y1, y2) - kv(x1, y2) - kv(x2, y1))
 
-    a = _weights("wx", wx, n, "x", x.dtype)
-    b = _weights("wy", wy, m, "y", x.dtype)
+    a = normalized_weights("wx", wx, n, "x", x.dtype)
+    b = normalized_weights("wy", wy, m, "y", x.dtype)
     kw = dict(impl=impl, block_size=block_size)
     txx = jnp.dot(a, kernel_matvec(k, x, x, a, **kw))
     tyy = jnp.dot(b, kernel_matvec(k, y, y, b, **kw))
@@ -206,8 +190,8 @@ def _witness_args(z, x, y, wx, wy):
     x, y = _points(x, y)
     z = check_points("z", z, d=x.shape[1], other="x")
     dtype = jnp.result_type(z.dtype, x.dtype)
-    a = _weights("wx", wx, x.shape[0], "x", dtype)
-    b = _weights("wy", wy, y.shape[0], "y", dtype)
+    a = normalized_weights("wx", wx, x.shape[0], "x", dtype)
+    b = normalized_weights("wy", wy, y.shape[0], "y", dtype)
     pts = jnp.concatenate([y, x], axis=0).astype(dtype)
     return z.astype(dtype), pts, jnp.concatenate([b, -a])
 

@@ -38,11 +38,11 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.linalg import cho_factor, cho_solve
 
-from mmdflow._checks import check_points
+from mmdflow._checks import check_points, normalized_weights
 from mmdflow._linalg import cg
 from mmdflow.features import RFF
 from mmdflow.kernels import HIGHEST, FeatureKernel, Kernel, _pytree
-from mmdflow.mmd import _weights, witness, witness_grad
+from mmdflow.mmd import witness, witness_grad
 from mmdflow.ops import check_kernel, kernel_hessian_matvec
 
 __all__ = [
@@ -78,8 +78,8 @@ def _inputs(x, y, wx, wy):
     y = check_points("y", y, d=x.shape[1])
     dtype = compute_dtype(jnp.result_type(x.dtype, y.dtype))
     x, y = x.astype(dtype), y.astype(dtype)
-    a = _weights("wx", wx, x.shape[0], "x", dtype)
-    b = _weights("wy", wy, y.shape[0], "y", dtype)
+    a = normalized_weights("wx", wx, x.shape[0], "x", dtype)
+    b = normalized_weights("wy", wy, y.shape[0], "y", dtype)
     return x, y, a, b
 
 

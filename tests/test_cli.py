@@ -12,6 +12,7 @@ import pytest
 from _files import BAD_POINT_FILES, bad_point_files
 
 from mmdflow import cli, fields, plots
+from mmdflow.cli import _rundir
 from mmdflow.fields import _sobolev as FS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -372,7 +373,7 @@ def test_interrupt_stops_at_a_safe_point_and_cleans_up(tmp_path, capsys, monkeyp
     assert rc == 130 and "interrupted" in err and "--resume" in err
     assert len(err.strip().splitlines()) == 1
     # the checkpoint of the last chunk, nothing else
-    assert sorted(p.name for p in out.iterdir()) == [cli.MARKER, "checkpoint.npz"]
+    assert sorted(p.name for p in out.iterdir()) == [_rundir.MARKER, "checkpoint.npz"]
     assert _leftovers(tmp_path) == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 

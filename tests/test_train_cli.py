@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from mmdflow import _checkpoint, cli, sharding, train, train_cli
+from mmdflow import _checkpoint, cli, sharding, train
+from mmdflow.cli._inputs import _fmt_change
 from mmdflow.cli._rundir import MARKER, read_marker
 
 ARGS = ["train", "--steps", "6", "--n", "300", "--batch-size", "32", "--eval-every", "3", "--quiet"]
@@ -268,9 +269,9 @@ def test_diverged_run_exits_1_and_keeps_the_last_checkpoint(tmp_path, capsys):
 
 
 def test_summary_says_lower_or_higher():
-    assert train_cli._fmt_change(2.0, 1.0) == "2.00x lower"
-    assert train_cli._fmt_change(1.0, 1.5) == "1.50x higher"
-    assert train_cli._fmt_change(1.0, -1e-4) == "n/a"  # the unbiased estimate can be < 0
+    assert _fmt_change(2.0, 1.0) == "2.00x lower"
+    assert _fmt_change(1.0, 1.5) == "1.50x higher"
+    assert _fmt_change(1.0, -1e-4) == "n/a"  # the unbiased estimate can be < 0
 
 
 @pytest.mark.parametrize(("d", "scale"), [(1, 1.0), (10, 1.0), (64, 0.4), (64, 3.0)], ids=str)

@@ -41,28 +41,17 @@ import contextlib
 import os
 import sys
 
-from mmdflow.cli._common import (  # noqa: F401 - train_cli and tests use these
+from mmdflow.cli._common import (
     _ENV_DEBUG,
     _SIGNALS,
-    COLOR_REG,
     MIXTURE_FACTORS,
     CLIError,
     ProgressBar,
     _enable_compilation_cache,
     _error,
-    _int_at_least,
-    _nonneg_float,
-    _positive_float,
-    _write_json,
 )
-from mmdflow.cli._inputs import (  # noqa: F401
-    _load_points,
-    _make_kernel,
-    _median_bandwidth,
-    resolve_num_features,
-)
+from mmdflow.cli._inputs import resolve_num_features
 from mmdflow.cli._parser import build_parser
-from mmdflow.cli._rundir import MARKER, RunDir  # noqa: F401
 
 __all__ = [
     "CLIError",

@@ -16,6 +16,7 @@ from mmdflow.cli._common import (
 )
 from mmdflow.cli._flow import _cmd_flow
 from mmdflow.cli._rundir import add_resume_options
+from mmdflow.cli._train import add_parser as add_train_parser
 from mmdflow.fields._sobolev import DEFAULT_NUM_FEATURES, EXACT_MAX_SIZE, REG, STEP_SIZE
 from mmdflow.flows import FLOWS
 
@@ -213,7 +214,5 @@ def build_parser() -> argparse.ArgumentParser:
         record_help="steps between records (default steps/50)",
     )
     c.set_defaults(func=_cmd_color_transfer)
-    from mmdflow import train_cli  # the `train` subcommand (imports this module's helpers)
-
-    train_cli.add_parser(sub)
+    add_train_parser(sub)
     return parser

@@ -17,48 +17,9 @@ Example:
 
 from __future__ import annotations
 
-from mmdflow.data._images import (  # noqa: F401 - private names kept as ``data.<name>``
-    _IMAGE_SUFFIXES,
-    _MPL_FILES,
-    _SKIMAGE_FILES,
-    IMAGES,
-    _mpl_sample,
-    _read_image,
-    _skimage_file,
-    _to_uint8_rgb,
-    image,
-    image_to_points,
-    points_to_image,
-)
-from mmdflow.data._points import (  # noqa: F401
-    _digits_full,
-    _load_npy,
-    _subset,
-    digits,
-    load_points,
-)
-from mmdflow.data._shapes import (  # noqa: F401
-    _ALIASES,
-    _EXTENT,
-    _GENERATORS,
-    _MASK_PREFIX,
-    SHAPES,
-    _canonical_shape,
-    _check_n,
-    _checkerboard,
-    _eight_gaussians,
-    _gaussian,
-    _heart_polygons,
-    _mask,
-    _mask_pixels,
-    _moons,
-    _rings,
-    _spiral,
-    _swissroll,
-    _text_polygons,
-    _valid_names,
-    sample,
-)
+from mmdflow.data._images import IMAGES, image, image_to_points, points_to_image
+from mmdflow.data._points import digits, load_points
+from mmdflow.data._shapes import SHAPES, sample
 
 __all__ = [
     "IMAGES",

@@ -6,9 +6,6 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import jax
-import numpy as np
-
-from mmdflow._checks import check_real, concrete_array
 
 
 class Velocity(NamedTuple):
@@ -61,22 +58,3 @@ class VelocityField(Protocol):
 def schedule_value(v, count):
     """A hyperparameter that is a constant or a schedule ``count -> value``."""
     return v(count) if callable(v) else v
-
-
-def check_hyper(cls: str, name: str, v, allow_zero: bool = False) -> None:
-    """A hyperparameter that is a schedule, or real, finite and ``> 0`` (``>= 0``)."""
-    if callable(v):
-        return
-    check_real(cls, name, v)
-    a = concrete_array(v)
-    if a is None:
-        return
-    bad = (a < 0).any() if allow_zero else (a <= 0).any()
-    if bad or not np.isfinite(a).all():
-        rel = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{cls}: `{name}` must be finite and {rel}; got {a.tolist()}.")
-
-
-def check_bool(cls: str, name: str, v) -> None:
-    if not isinstance(v, bool | np.bool_):
-        raise ValueError(f"{cls}: `{name}` must be a bool; got {v!r}.")

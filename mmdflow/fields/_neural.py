@@ -48,10 +48,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mmdflow._checks import check_int, check_points
-from mmdflow.fields._base import Velocity, check_hyper, schedule_value
+from mmdflow._checks import check_hyper, check_int, check_points, normalized_weights
+from mmdflow.fields._base import Velocity, schedule_value
 from mmdflow.kernels import Gaussian, Kernel
-from mmdflow.mmd import _weights
 from mmdflow.ops import check_kernel
 
 #: ``mmdflow flow`` and :meth:`NeuralSobolevField.defaults_for`: the particle step is this
@@ -380,7 +379,7 @@ class NeuralSobolevField:
           (``lam``).
         """
         y = check_points("y", y, d=x.shape[1], other="x").astype(x.dtype)
-        b = _weights("wy", wy, y.shape[0], "y", x.dtype)
+        b = normalized_weights("wy", wy, y.shape[0], "y", x.dtype)
         rho = schedule_value(self.rho, count)
         n_first = self.num_startup_steps
         if n_first == self.critic_steps:

@@ -8,11 +8,17 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from mmdflow._checks import check_block_size, check_int, check_points
+from mmdflow._checks import (
+    check_block_size,
+    check_bool,
+    check_hyper,
+    check_int,
+    check_points,
+    normalized_weights,
+)
 from mmdflow.features import RFF
-from mmdflow.fields._base import Velocity, check_bool, check_hyper, schedule_value
+from mmdflow.fields._base import Velocity, schedule_value
 from mmdflow.kernels import Kernel, _pytree
-from mmdflow.mmd import _weights
 from mmdflow.ops import SumConfig, check_kernel
 from mmdflow.sharding._sobolev import _exact_critic_padded
 from mmdflow.sobolev import SOLVERS, compute_dtype, exact_critic, rff_embedding, rff_solve
@@ -194,8 +200,8 @@ class SobolevField:
         y = check_points("y", y, d=x.shape[1])
         dtype = compute_dtype(jnp.result_type(x.dtype, y.dtype))  # float32 for bf16 / fp16
         x, y = x.astype(dtype), y.astype(dtype)
-        a = _weights("wx", wx, x.shape[0], "x", dtype)
-        b = _weights("wy", wy, y.shape[0], "y", dtype)
+        a = normalized_weights("wx", wx, x.shape[0], "x", dtype)
+        b = normalized_weights("wy", wy, y.shape[0], "y", dtype)
         if extra.rff.z.shape[1] != x.shape[1]:
             raise ValueError(
                 f"`rff` was built for d={extra.rff.z.shape[1]} but `x` has shape {x.shape}."

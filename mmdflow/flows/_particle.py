@@ -10,11 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmdflow._checks import check_points, concrete_array
+from mmdflow._checks import check_hyper, check_points, concrete_array, normalized_weights
 from mmdflow.fields import Velocity, VelocityField, schedule_value
-from mmdflow.fields._base import check_hyper
 from mmdflow.flows._state import FlowState, _cap_rows, _init_state, _kinetic
-from mmdflow.mmd import _weights
 from mmdflow.sharding._mesh import _axis_size, _constrain, _pad_to
 
 
@@ -129,7 +127,7 @@ class ParticleFlow:
         if self.mesh is None:
             return _init_state(x0, key, wx, self.field.init(x0, kf))
         size = _axis_size(self.mesh, self.axis)
-        a = _pad_to(_weights("wx", wx, x0.shape[0], "x0", x0.dtype), size, "constant")
+        a = _pad_to(normalized_weights("wx", wx, x0.shape[0], "x0", x0.dtype), size, "constant")
         xp = self._shard(_pad_to(x0, size, "edge"))
         extra = MeshExtra(self.field.init(xp, kf), x0.shape[0])
         return _init_state(xp, key, self._shard(a), extra)
@@ -159,7 +157,7 @@ class ParticleFlow:
         if self.mesh is not None:  # padded, sharded targets with normalised weights
             extra, n = extra.extra, extra.n
             size = _axis_size(self.mesh, self.axis)
-            b = _weights("wy", wy, y.shape[0], "y", state.x.dtype)
+            b = normalized_weights("wy", wy, y.shape[0], "y", state.x.dtype)
             y = self._shard(_pad_to(y.astype(state.x.dtype), size, "edge"))
             wy = self._shard(_pad_to(b, size, "constant"))
         vel, extra, aux = self.field.fit(state.x, state.wx, y, wy, extra, kf, state.count)

@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmdflow._checks import check_int, check_points
+from mmdflow._checks import check_int, check_points, normalized_weights
 from mmdflow.flows._state import FlowState
 from mmdflow.kernels import Kernel
-from mmdflow.mmd import _weights, mmd2
+from mmdflow.mmd import mmd2
 from mmdflow.ops import kernel_matvec
 
 #: :func:`run` stops when a recorded MMD^2 exceeds this times
@@ -103,7 +103,7 @@ def _compiled(stepper, kmmd: Kernel, impl: str, check_finite: bool):
 
     @jax.jit
     def escape_level(yy, wyy):  # MMD^2 of particles gone far away: E k(y, y') + E k(x, x')
-        b = _weights("wy", wyy, yy.shape[0], "y", yy.dtype)
+        b = normalized_weights("wy", wyy, yy.shape[0], "y", yy.dtype)
         return jnp.dot(b, kernel_matvec(kmmd, yy, yy, b, impl=impl))
 
     return _chunk_fn(stepper, check_finite), measure, escape_level
@@ -243,7 +243,7 @@ def run(
         raise ValueError(f"run: `state` must be a FlowState; got {type(state).__name__}.")
     y = check_points("y", y, d=state.x.shape[1], other="x0")
     if wy is not None:  # checked here: inside the jitted chunks below it is traced
-        _weights("wy", wy, y.shape[0], "y", y.dtype)
+        normalized_weights("wy", wy, y.shape[0], "y", y.dtype)
     kmmd = mmd_kernel if mmd_kernel is not None else stepper.kernel
 
     try:

@@ -7,8 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mmdflow._checks import check_points
-from mmdflow.mmd import _weights
+from mmdflow._checks import check_points, normalized_weights
 
 
 class FlowState(NamedTuple):
@@ -33,7 +32,7 @@ def _init_state(x0, key, wx, extra=None):
     x0 = check_points("x0", x0)
     if not jnp.issubdtype(x0.dtype, jnp.floating):
         raise ValueError(f"`x0` must be floating; got {x0.dtype}.")
-    a = _weights("wx", wx, x0.shape[0], "x0", x0.dtype)
+    a = normalized_weights("wx", wx, x0.shape[0], "x0", x0.dtype)
     return FlowState(x=x0, wx=a, key=key, count=jnp.zeros((), jnp.int32), extra=extra)
 
 

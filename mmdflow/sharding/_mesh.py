@@ -13,8 +13,7 @@ from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mmdflow._checks import check_block_size, check_points, check_weights
-from mmdflow.mmd import _weights
+from mmdflow._checks import check_block_size, check_points, check_weights, normalized_weights
 from mmdflow.ops import STRATEGIES, check_kernel
 
 DEFAULT_AXIS = "data"
@@ -186,7 +185,7 @@ def _prob(name, user_w, container_w, n, rows, size, dtype, what):
             )
         w = container_w.astype(dtype) * _mask(n, rows, dtype)
         return w / jnp.sum(w)
-    return _pad_to(_weights(name, user_w, n, what, dtype), size, "constant")
+    return _pad_to(normalized_weights(name, user_w, n, what, dtype), size, "constant")
 
 
 def _finish(out, n, padded, size, mesh, axis):

@@ -20,18 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mmdflow.cli import (
+from mmdflow.cli._common import (
     CLIError,
     ProgressBar,
     _int_at_least,
-    _load_points,
-    _make_kernel,
-    _median_bandwidth,
+    _nonneg_float,
     _positive_float,
     _write_json,
 )
-from mmdflow.cli._common import _nonneg_float
-from mmdflow.cli._inputs import _fmt_change
+from mmdflow.cli._inputs import _fmt_change, _load_points, _make_kernel, _median_bandwidth
 from mmdflow.cli._rundir import RESUMABLE, Checkpoints, RunDir, add_resume_options, fingerprint
 
 #: default generator learning rates per optimizer and direction (SGD: the Euler step; Adam 3e-3:
