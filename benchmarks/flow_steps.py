@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmdflow import flows, kernels
+from mmdflow import flows, kernels, ops
 
 SCHEMA = "mmdflow.bench.flow_steps/1"
 STEPPERS = ("sobolev_rff", "sobolev_exact", "mmd_flow")
@@ -89,7 +89,8 @@ def make_stepper(name: str, args, n: int, d: int):
             cg_maxiter=args.cg_iters,
         )
     if name == "mmd_flow":
-        return flows.make("mmd", k, step_size=1.0, noise_level=0.1, impl=args.impl)
+        sums = ops.SumConfig(impl=args.impl)
+        return flows.make("mmd", k, step_size=1.0, noise_level=0.1, sums=sums)
     if name in flows.FLOWS:
         bw = float(k.bandwidth)
         return flows.make(name, **flows.FLOWS[name].defaults_for(k, bw, n, d, jax.random.key(0)))
