@@ -12,7 +12,7 @@ Defaults are chosen to work on unseen data without tuning (see the constants
 below): the base bandwidth is the median heuristic on source and target pooled;
 ``flow`` uses a mixture of Gaussians at ``median x {1/8, 1/4, 1/2, 1}`` (the median
 alone blurs fine structure such as rings or a checkerboard); Sobolev descent uses
-random Fourier features *redrawn at every step* (``KernelSobolevDescent(...,
+random Fourier features *redrawn at every step* (``SobolevField(...,
 resample_features=True)``; fixed
 features let the particles settle on configurations that only fool those
 features); the Sobolev ridge ``--reg`` is in units of ``1 / bandwidth^2`` and the
