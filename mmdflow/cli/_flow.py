@@ -79,11 +79,15 @@ def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int, mesh=None
         settings["max_move"] = kw["max_move"] / bandwidth
         settings["max_move_rule"] = "a particle moves at most max_move * bandwidth per step"
     if "reg" in params:
+        unit = bandwidth ** getattr(cls, "reg_power", 0)  # --reg is in units of this
         if args.reg is not None:
-            kw["reg"] = args.reg / bandwidth**2
-        settings["reg"] = kw["reg"] * bandwidth**2
+            kw["reg"] = args.reg * unit
+        settings["reg"] = kw["reg"] / unit
         settings["reg_absolute"] = kw["reg"]
-        settings["reg_rule"] = "reg is in units of 1/bandwidth^2; the solver gets reg_absolute"
+        p = getattr(cls, "reg_power", 0)
+        settings["reg_rule"] = (
+            f"reg is in units of bandwidth^{p}; the solver gets reg_absolute" if p else "as given"
+        )
     if "num_features" in params:
         nf, rule = resolve_num_features(args.num_features, n, d)
         kw["num_features"] = nf

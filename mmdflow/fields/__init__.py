@@ -11,6 +11,8 @@ interface is :class:`VelocityField`; a new flow is a new field plus one line in
   2019), exact or random-feature.
 * :class:`NeuralSobolevField`: a Flax NNX critic trained on the augmented Lagrangian of
   the Sobolev GAN along the flow.
+* :class:`DrMMDField`: the de-regularized MMD witness (Chen et al., JMLR 2025), its
+  target-kernel system solved by CG on kernel sums.
 
 Every field has ``defaults_for(kernel, bandwidth, n, d, key)``: its flow's and its own
 hyperparameters for data at length scale ``bandwidth`` (what ``mmdflow flow`` uses).
@@ -28,6 +30,7 @@ Example:
 import importlib
 
 from mmdflow.fields._base import Velocity, VelocityField, schedule_value
+from mmdflow.fields._drmmd import DrMMDField
 from mmdflow.fields._mmd import MMDField
 from mmdflow.fields._sobolev import RFFState, SobolevField
 
@@ -46,6 +49,7 @@ __all__ = [
     "VelocityField",
     "schedule_value",
     "MMDField",
+    "DrMMDField",
     "SobolevField",
     "RFFState",
     "NeuralSobolevField",

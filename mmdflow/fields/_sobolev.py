@@ -114,6 +114,8 @@ class SobolevField:
     sums: SumConfig = SumConfig()
     #: the flow's default Euler step
     step_size: ClassVar[float] = 1.0
+    #: ``reg`` scales like ``bandwidth ** reg_power`` (``mmdflow flow --reg`` is in those units)
+    reg_power: ClassVar[int] = -2
 
     def __post_init__(self):
         cls = "SobolevField"

@@ -38,6 +38,7 @@ FLOWS: Mapping[str, type] = _Registry(
         "sobolev": "mmdflow.fields._sobolev:SobolevField",
         "mmd": "mmdflow.fields._mmd:MMDField",
         "neural-sobolev": "mmdflow.fields._neural:NeuralSobolevField",
+        "drmmd": "mmdflow.fields._drmmd:DrMMDField",
     }
 )
 
