@@ -102,3 +102,32 @@ def test_flow_step_is_the_euler_step_of_the_reference():
 def test_bad_hyperparameters(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         fields.DrMMDField(kernels.Gaussian(1.0), **bad)
+
+
+def test_adaptive_reg_follows_the_papers_schedule():
+    """``lambda_{t+1} = lambda_0 sqrt(D_t / D_0)`` (kwgflows' ``adaptive_lmbda``), ``D_t`` the
+    DrMMD value at step t; each step's value is the dense reference's at that ``lambda``."""
+    with jax.enable_x64(True):
+        x, y, _ = _data()
+        flow = flows.make(
+            "drmmd",
+            kernels.Gaussian(S),
+            reg=0.1,
+            adaptive=True,
+            step_size=0.5,
+            cg_tol=1e-13,
+            cg_maxiter=500,
+        )
+        state = flow.init(jnp.asarray(x), jax.random.key(0))
+        lams, ds = [], []
+        for _ in range(4):
+            xs = np.asarray(state.x)
+            state, aux = jax.jit(flow.step)(state, y)
+            lams.append(float(aux["reg"]))
+            ds.append(float(aux["critic"]))
+            np.testing.assert_allclose(ds[-1], _reference(xs[:1], xs, y, lams[-1])[1], rtol=1e-8)
+        assert lams[0] == 0.1
+        np.testing.assert_allclose(lams[1:], 0.1 * np.sqrt(np.array(ds[:-1]) / ds[0]), rtol=1e-12)
+        assert lams[-1] < lams[0]  # the flow converges, the regularization shrinks
+    with pytest.raises(ValueError, match="adaptive"):
+        fields.DrMMDField(kernels.Gaussian(1.0), reg=lambda c: 0.1, adaptive=True)

@@ -4,12 +4,12 @@ Gretton & Sriperumbudur, JMLR 2025), solved matrix-free."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from mmdflow._checks import check_hyper, check_int, check_points, normalized_weights
+from mmdflow._checks import check_bool, check_hyper, check_int, check_points, normalized_weights
 from mmdflow._linalg import cg
 from mmdflow.fields._base import Velocity, schedule_value
 from mmdflow.fields._mmd import STEP_FACTOR as MMD_STEP_FACTOR
@@ -19,6 +19,14 @@ from mmdflow.ops import SumConfig, check_kernel, kernel_grad_matvec, kernel_matv
 
 #: :meth:`DrMMDField.defaults_for`: the ridge ``lambda`` (kwgflows' examples use 1e-3 to 1e-2)
 REG = 1e-2
+
+
+class AdaptiveReg(NamedTuple):
+    """The state of an adaptive :class:`DrMMDField`: the first DrMMD value (NaN before the
+    first step) and the ``lambda`` of the next step."""
+
+    drmmd0: jax.Array
+    reg: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +53,13 @@ class DrMMDField:
 
     Attributes:
       kernel: the kernel.
-      reg: ``lambda > 0`` or a schedule ``count -> value``.
+      reg: ``lambda > 0`` or a schedule ``count -> value`` (with ``adaptive``: the first
+        step's ``lambda``, a constant).
+      adaptive: the paper's adaptive schedule (as kwgflows' ``adaptive_lmbda``): after a
+        step at ``lambda_t`` with DrMMD value ``D_t`` (at the particles the step starts
+        from; kwgflows evaluates it after the move, one step later),
+        ``lambda_{t+1} = reg * sqrt(D_t / D_0)``, so the regularization shrinks as the flow
+        converges (the state is an :class:`AdaptiveReg`).
       cg_tol, cg_maxiter: CG stopping rule for ``alpha`` (relative residual).
       sums: how the kernel sums run (:class:`mmdflow.ops.SumConfig`; on a mesh ``jit``
         partitions them).
@@ -53,6 +67,7 @@ class DrMMDField:
 
     kernel: Kernel
     reg: Any = REG
+    adaptive: bool = False
     cg_tol: float = 1e-6
     cg_maxiter: int = 100
     sums: SumConfig = SumConfig()
@@ -65,6 +80,11 @@ class DrMMDField:
         cls = "DrMMDField"
         check_kernel(self.kernel)
         check_hyper(cls, "reg", self.reg)
+        check_bool(cls, "adaptive", self.adaptive)
+        if self.adaptive and callable(self.reg):
+            raise ValueError(
+                f"{cls}: `adaptive=True` starts from a constant `reg`; got a schedule."
+            )
         check_hyper(cls, "cg_tol", self.cg_tol)
         check_int(cls, "cg_maxiter", self.cg_maxiter)
         if not isinstance(self.sums, SumConfig):
@@ -78,20 +98,24 @@ class DrMMDField:
         flow's step (its velocity has the MMD flow's scale) and ``reg`` :data:`REG`."""
         return {"kernel": kernel, "step_size": MMD_STEP_FACTOR * bandwidth**2, "reg": REG}
 
-    def init(self, x0: jax.Array, key: jax.Array) -> None:
-        return None
+    def init(self, x0: jax.Array, key: jax.Array) -> AdaptiveReg | None:
+        if not self.adaptive:
+            return None
+        dtype = x0.dtype
+        return AdaptiveReg(jnp.asarray(jnp.nan, dtype), jnp.asarray(self.reg, dtype))
 
     def fit(self, x, wx, y, wy, extra, key, count) -> tuple[Velocity, Any, dict]:
         """The de-regularized witness fitted on particles ``x`` and targets ``y``.
 
         Returns:
           ``(velocity, extra, aux)``, aux with ``critic`` (the DrMMD value
-          ``(1 + lambda) / lambda * (MMD^2 - g(Y)^T alpha)``) and ``cg_iterations``.
+          ``(1 + lambda) / lambda * (MMD^2 - g(Y)^T alpha)``), ``reg`` (this step's
+          ``lambda``) and ``cg_iterations``.
         """
         y = check_points("y", y, d=x.shape[1], other="x")
         dtype = jnp.result_type(x.dtype, y.dtype)
         b = normalized_weights("wy", wy, y.shape[0], "y", dtype)
-        lam = schedule_value(self.reg, count)
+        lam = extra.reg if self.adaptive else schedule_value(self.reg, count)
         k, opts = self.kernel, {"impl": self.sums.impl, "block_size": self.sums.tiles}
         wit_y = witness(y, x, y, k, wx=wx, wy=b, **opts)  # (mu_P - mu_Q)(Y) = -g(Y)
         wit_x = witness(x, x, y, k, wx=wx, wy=b, **opts)
@@ -109,4 +133,9 @@ class DrMMDField:
             return v + kernel_grad_matvec(k, z, y, alpha, **opts)
 
         drmmd = (1.0 + lam) / lam * (mmd2 + jnp.dot(wit_y, alpha))
-        return Velocity(None, fn), extra, {"critic": drmmd, "cg_iterations": it}
+        if self.adaptive:
+            d0 = jnp.where(jnp.isnan(extra.drmmd0), drmmd, extra.drmmd0).astype(extra.drmmd0.dtype)
+            ratio = jnp.maximum(drmmd, 0.0) / d0
+            extra = AdaptiveReg(d0, (self.reg * jnp.sqrt(ratio)).astype(extra.reg.dtype))
+        aux = {"critic": drmmd, "reg": jnp.asarray(lam, drmmd.dtype), "cg_iterations": it}
+        return Velocity(None, fn), extra, aux
