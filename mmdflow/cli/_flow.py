@@ -53,6 +53,31 @@ def _field_params(method: str) -> set[str]:
     return {f.name for f in dataclasses.fields(flows.FLOWS[method])}
 
 
+#: field hyperparameters that --param does not set (objects, or options of their own)
+_NOT_PARAMS = ("kernel", "sums", "critic", "optimizer", "reg", "num_features", "resample_features")
+
+
+def _parse_params(specs: list[str], method: str, params: set[str]) -> dict:
+    """``--param NAME=VALUE`` options: field hyperparameters, values as Python literals."""
+    import ast
+
+    allowed = sorted(params - set(_NOT_PARAMS))
+    out = {}
+    for spec in specs:
+        name, sep, text = spec.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in allowed:
+            raise CLIError(
+                f"--param {spec!r}: expected NAME=VALUE with NAME a hyperparameter of --method "
+                f"{method}: {', '.join(allowed) or '(none)'}"
+            )
+        try:
+            out[name] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            out[name] = text.strip()  # a string (e.g. solver=cg)
+    return out
+
+
 def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int, mesh=None):
     """Builds the flow of ``--method`` from the registry; returns ``(stepper, settings)``.
 
@@ -105,6 +130,10 @@ def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int, mesh=None
     )
     if "sums" in params:
         kw["sums"] = ops.SumConfig(impl=args.impl)
+    extra = _parse_params(args.param, args.method, params)
+    kw.update(extra)
+    if extra:
+        settings["params"] = {k: repr(v) for k, v in extra.items()}
     if mesh is not None:
         kw["mesh"] = mesh
         if kw.get("num_features", 0) is None:

@@ -30,6 +30,10 @@ FORMAT = "mmdflow-flow-checkpoint/1"
 HISTORY_KEYS = ("step", "mmd2", "kinetic", "critic", "wall_time", "trajectory")
 
 
+#: options added after runs were written, with the value those runs had
+_ADDED = {"param": []}
+
+
 def run_args(args) -> dict[str, Any]:
     """The raw options that define the run (``argparse`` destinations), JSON-ready."""
     skip = RESUMABLE + _NOT_RUN_OPTIONS
@@ -65,7 +69,7 @@ def check_resume(args, meta: dict, out: str) -> None:
     """Refuses options that differ from the run in ``out``, naming the option and both values."""
     old = meta.get("args", {})
     for key, value in run_args(args).items():
-        before = old.get(key, "(not recorded)")
+        before = old.get(key, _ADDED.get(key, "(not recorded)"))
         if before != value:
             raise CLIError(
                 f"--resume: --{key.replace('_', '-')} {_show(value)} differs from the run in "

@@ -145,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="noise injection (Arbel et al.): the velocity is evaluated at the particles "
         "plus this times the bandwidth times N(0, I) noise (default 0)",
     )
+    f.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other hyperparameter of the method's velocity field (mmdflow.fields), as a "
+        "Python literal, e.g. --method drmmd --param adaptive=True --param cg_tol=1e-8 "
+        "(repeatable)",
+    )
     add_resume_options(f)
     _add_common(
         f,
