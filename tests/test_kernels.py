@@ -295,11 +295,16 @@ def test_invalid_traced_hyperparameters_give_nan(name, make, bad, rng):
                 make(p), x, y, e, impl=impl
             )
             fns["gram"] = lambda p: make(p).gram_block(jnp.asarray(x), jnp.asarray(y))
-        for fname, f in fns.items():
-            out = np.asarray(jax.jit(f)(bad))
+        # all ops of one impl in one jitted program (one compilation, CI time): traced
+        # hyperparameter p, and the concrete kernel (make(good) with a Python float: not traced)
+        traced = jax.jit(lambda p, fns=fns: {fname: f(p) for fname, f in fns.items()})
+        concrete = jax.jit(lambda fns=fns: {fname: f(good) for fname, f in fns.items()})()
+        outs, goods = traced(bad), traced(good)
+        for fname in fns:
+            out = np.asarray(outs[fname])
             assert np.all(np.isnan(out)), (impl, fname, out.ravel()[:3])
             # a valid traced value gives the same result as the concrete kernel
-            np.testing.assert_allclose(jax.jit(f)(good), f(good), rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(goods[fname], concrete[fname], rtol=1e-12, atol=1e-14)
     if name in ("gaussian", "laplace", "rq_bw", "scaled"):
         # gradients in a valid traced hyperparameter stay finite (the guard is where(ok, p, nan))
         gfn = jax.grad(lambda p: mmdflow.mmd2(x, y, make(p), impl="blocked"))

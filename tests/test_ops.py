@@ -68,7 +68,8 @@ def test_check_grads_of_kernel_sums(impl, rng):
     x = jnp.asarray(rng.normal(size=(9, 3)))
     y = jnp.asarray(rng.normal(size=(13, 3)))
     w = jnp.asarray(rng.normal(size=(13,)))
-    kw = dict(impl=impl, block_size=4)
+    # 2 x 2 tiles, both padded (fewer unrolled tiles keep the second-order programs small)
+    kw = dict(impl=impl, block_size=(5, 7))
     for k, order in ((kernels.Gaussian(1.3), 2), (kernels.Polynomial(2), 1)):
         check_grads(
             jax.jit(lambda x, y, w: ops.kernel_matvec(k, x, y, w, **kw)), (x, y, w), order=order
@@ -96,8 +97,13 @@ def test_blocked_equals_dense_on_random_shapes(rng):
         bs = (int(rng.integers(1, 33)), int(rng.integers(1, 33)))
         x, y = rng.normal(size=(n, d)), rng.normal(size=(m, d))
         w = rng.normal(size=(m,))
-        dense = ops.kernel_grad_matvec(k, x, y, w, impl="dense")
-        blocked = ops.kernel_grad_matvec(k, x, y, w, impl="blocked", block_size=bs)
+        # both in one jitted program: one compilation per random shape (CI time)
+        dense, blocked = jax.jit(
+            lambda x, y, w, bs=bs: (
+                ops.kernel_grad_matvec(k, x, y, w, impl="dense"),
+                ops.kernel_grad_matvec(k, x, y, w, impl="blocked", block_size=bs),
+            )
+        )(x, y, w)
         np.testing.assert_allclose(blocked, dense, rtol=1e-10, atol=1e-12)
 
 
