@@ -257,7 +257,7 @@ def _cmd_flow(args) -> int:
         "over mesh axis 'data'",
     }
 
-    state = stepper.init(jnp.asarray(x0), jax.random.key(args.seed))
+    state = stepper.init(jnp.asarray(x0), jax.random.key(args.seed), y=jnp.asarray(y))
     history, done, resumed_at = None, 0, []
     if meta is not None:
         state, history = resume.load(ckpt_path, state, args.out)

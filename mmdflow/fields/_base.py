@@ -30,7 +30,8 @@ class VelocityField(Protocol):
 
     * ``kernel``: the kernel the flow's MMD^2 is monitored with;
     * ``step_size``: the class's default Euler step (used when the flow gives none);
-    * ``init(x0, key) -> extra``: the field's state (a pytree, ``None`` when stateless);
+    * ``init(x0, key, y=None) -> extra``: the field's state (a pytree, ``None`` when
+      stateless); ``y`` is the target when known at the start (e.g. for a warm start);
     * ``fit(x, wx, y, wy, extra, key, count) -> (Velocity, extra, aux)``: the field fitted
       on particles ``x [n, d]`` (normalised weights ``wx [n]``) and targets ``y [m, d]``
       (weights ``wy [m]`` or ``None``), with a fresh PRNG ``key`` and the step ``count``
@@ -41,7 +42,7 @@ class VelocityField(Protocol):
     kernel: Any
     step_size: Any
 
-    def init(self, x0: jax.Array, key: jax.Array) -> Any: ...
+    def init(self, x0: jax.Array, key: jax.Array, y: jax.Array | None = None) -> Any: ...
 
     def fit(
         self,

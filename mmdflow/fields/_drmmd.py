@@ -25,12 +25,19 @@ from mmdflow.ops import SumConfig, check_kernel, kernel_grad_matvec, kernel_matv
 REG = 1.0
 
 
-class AdaptiveReg(NamedTuple):
-    """The state of an adaptive :class:`DrMMDField`: the first DrMMD value (NaN before the
-    first step) and the ``lambda`` of the next step."""
+class DrMMDState(NamedTuple):
+    """The state of a :class:`DrMMDField`.
 
-    drmmd0: jax.Array
-    reg: jax.Array
+    Attributes:
+      alpha: ``[m]`` the last step's coefficients (CG's warm start), or ``None`` when the
+        target was not known at ``init``.
+      drmmd0: the first DrMMD value (NaN before the first step; ``adaptive`` only).
+      reg: the ``lambda`` of the next step (``adaptive`` only).
+    """
+
+    alpha: jax.Array | None
+    drmmd0: jax.Array | None
+    reg: jax.Array | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +70,7 @@ class DrMMDField:
         step at ``lambda_t`` with DrMMD value ``D_t`` (at the particles the step starts
         from; kwgflows evaluates it after the move, one step later),
         ``lambda_{t+1} = reg * sqrt(D_t / D_0)``, so the regularization shrinks as the flow
-        converges (the state is an :class:`AdaptiveReg`).
+        converges.
       cg_tol, cg_maxiter: CG stopping rule for ``alpha`` (relative residual).
       sums: how the kernel sums run (:class:`mmdflow.ops.SumConfig`; on a mesh ``jit``
         partitions them).
@@ -102,11 +109,17 @@ class DrMMDField:
         flow's step (its velocity has the MMD flow's scale) and ``reg`` :data:`REG`."""
         return {"kernel": kernel, "step_size": MMD_STEP_FACTOR * bandwidth**2, "reg": REG}
 
-    def init(self, x0: jax.Array, key: jax.Array) -> AdaptiveReg | None:
-        if not self.adaptive:
-            return None
+    def init(self, x0: jax.Array, key: jax.Array, y: jax.Array | None = None) -> DrMMDState | None:
+        """The state: CG's warm start when the target ``y`` is given (``flows.run`` and
+        ``mmdflow flow`` give it), the adaptive ``lambda``; ``None`` when neither."""
         dtype = x0.dtype
-        return AdaptiveReg(jnp.asarray(jnp.nan, dtype), jnp.asarray(self.reg, dtype))
+        alpha = None if y is None else jnp.zeros((y.shape[0],), jnp.result_type(dtype, y.dtype))
+        if alpha is None and not self.adaptive:
+            return None
+        d0, reg = None, None
+        if self.adaptive:
+            d0, reg = jnp.asarray(jnp.nan, dtype), jnp.asarray(self.reg, dtype)
+        return DrMMDState(alpha, d0, reg)
 
     def fit(self, x, wx, y, wy, extra, key, count) -> tuple[Velocity, Any, dict]:
         """The de-regularized witness fitted on particles ``x`` and targets ``y``.
@@ -120,6 +133,12 @@ class DrMMDField:
         dtype = jnp.result_type(x.dtype, y.dtype)
         b = normalized_weights("wy", wy, y.shape[0], "y", dtype)
         lam = extra.reg if self.adaptive else schedule_value(self.reg, count)
+        warm = extra is not None and extra.alpha is not None
+        if warm and extra.alpha.shape != (y.shape[0],):
+            raise ValueError(
+                f"DrMMDField: the state was initialised for {extra.alpha.shape[0]} targets but "
+                f"`y` has shape {tuple(y.shape)}."
+            )
         k, opts = self.kernel, {"impl": self.sums.impl, "block_size": self.sums.tiles}
         wit_y = witness(y, x, y, k, wx=wx, wy=b, **opts)  # (mu_P - mu_Q)(Y) = -g(Y)
         wit_x = witness(x, x, y, k, wx=wx, wy=b, **opts)
@@ -129,8 +148,12 @@ class DrMMDField:
         def matvec(u):
             return s * kernel_matvec(k, y, y, s * u, **opts) + lam * u
 
-        beta, it, _ = cg(matvec, -s * wit_y, tol=self.cg_tol, maxiter=self.cg_maxiter)
+        # warm start: beta = alpha / s on the targets with weight (zero where s = 0)
+        beta0 = jnp.where(s > 0, extra.alpha / jnp.where(s > 0, s, 1.0), 0.0) if warm else None
+        beta, it, _ = cg(matvec, -s * wit_y, tol=self.cg_tol, maxiter=self.cg_maxiter, x0=beta0)
         alpha = s * beta
+        if warm:
+            extra = extra._replace(alpha=alpha.astype(extra.alpha.dtype))
 
         def fn(z):
             v = witness_grad(z, x, y, k, wx=wx, wy=b, **opts)
@@ -140,6 +163,7 @@ class DrMMDField:
         if self.adaptive:
             d0 = jnp.where(jnp.isnan(extra.drmmd0), drmmd, extra.drmmd0).astype(extra.drmmd0.dtype)
             ratio = jnp.maximum(drmmd, 0.0) / d0
-            extra = AdaptiveReg(d0, (self.reg * jnp.sqrt(ratio)).astype(extra.reg.dtype))
+            reg = (self.reg * jnp.sqrt(ratio)).astype(extra.reg.dtype)
+            extra = extra._replace(drmmd0=d0, reg=reg)
         aux = {"critic": drmmd, "reg": jnp.asarray(lam, drmmd.dtype), "cg_iterations": it}
         return Velocity(None, fn), extra, aux

@@ -52,7 +52,7 @@ class MMDField:
         a step of :data:`STEP_FACTOR` x ``bandwidth**2``, no noise."""
         return {"kernel": kernel, "step_size": STEP_FACTOR * bandwidth**2}
 
-    def init(self, x0: jax.Array, key: jax.Array) -> None:
+    def init(self, x0: jax.Array, key: jax.Array, y: jax.Array | None = None) -> None:
         return None
 
     def fit(self, x, wx, y, wy, extra, key, count) -> tuple[Velocity, Any, dict]:

@@ -349,12 +349,13 @@ class NeuralSobolevField:
         critic = mlp_critic(d, hidden=DEFAULT_HIDDEN, key=key)
         return {"kernel": kernel, "critic": critic, "step_size": STEP_FACTOR * bandwidth}
 
-    def init(self, x0: jax.Array, key: jax.Array) -> CriticState:
+    def init(self, x0: jax.Array, key: jax.Array, y: jax.Array | None = None) -> CriticState:
         """The critic's state (a :class:`CriticState`) from the module ``critic``.
 
         Args:
           x0: ``[n, d]`` initial particles (checks the critic's output shape).
           key: unused (the critic is initialised already).
+          y: unused.
         """
         x0 = check_points("x0", x0)
         _, params, rest = nnx.split(self.critic, nnx.Param, ...)

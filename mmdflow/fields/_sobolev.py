@@ -164,7 +164,7 @@ class SobolevField:
         cd = compute_dtype(dtype)
         return _rff_state(RFF.create(self.kernel, key, self.num_features, d, dtype=cd), cd)
 
-    def init(self, x0: jax.Array, key: jax.Array) -> RFFState | None:
+    def init(self, x0: jax.Array, key: jax.Array, y: jax.Array | None = None) -> RFFState | None:
         """The random features (``num_features``), or ``None`` for the exact critic."""
         if self.num_features is None:
             return None

@@ -120,16 +120,25 @@ class ParticleFlow:
         """The field's kernel (what :func:`run` monitors MMD^2 with)."""
         return self.field.kernel
 
-    def init(self, x0: jax.Array, key: jax.Array, wx: jax.Array | None = None) -> FlowState:
-        """The state at particles ``x0 [n, d]`` (weights ``wx [n]``, default uniform)."""
+    def init(
+        self, x0: jax.Array, key: jax.Array, wx: jax.Array | None = None, y: jax.Array | None = None
+    ) -> FlowState:
+        """The state at particles ``x0 [n, d]`` (weights ``wx [n]``, default uniform).
+
+        ``y``, the ``[m, d]`` target when known at the start, lets a field prepare for it
+        (DrMMD keeps CG's warm start); the steps must then use that target (``m`` rows).
+        """
         x0 = check_points("x0", x0)
+        if y is not None:
+            y = check_points("y", y, d=x0.shape[1], other="x0")
         key, kf = jax.random.split(key)
         if self.mesh is None:
-            return _init_state(x0, key, wx, self.field.init(x0, kf))
+            return _init_state(x0, key, wx, self.field.init(x0, kf, y))
         size = _axis_size(self.mesh, self.axis)
         a = _pad_to(normalized_weights("wx", wx, x0.shape[0], "x0", x0.dtype), size, "constant")
         xp = self._shard(_pad_to(x0, size, "edge"))
-        extra = MeshExtra(self.field.init(xp, kf), x0.shape[0])
+        yp = None if y is None else _pad_to(y, size, "edge")
+        extra = MeshExtra(self.field.init(xp, kf, yp), x0.shape[0])
         return _init_state(xp, key, self._shard(a), extra)
 
     def _shard(self, a):

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmdflow._checks import check_int, check_points, normalized_weights
+from mmdflow.flows._particle import ParticleFlow
 from mmdflow.flows._state import FlowState
 from mmdflow.kernels import Kernel
 from mmdflow.mmd import mmd2
@@ -238,7 +239,10 @@ def run(
     if state is None:
         if key is None:
             raise ValueError("run: `key` is required to start a flow (no `state` given).")
-        state = stepper.init(x0, key, wx)
+        if isinstance(stepper, ParticleFlow):  # the target is known: fields may prepare for it
+            state = stepper.init(x0, key, wx, y=y)
+        else:
+            state = stepper.init(x0, key, wx)
     elif not isinstance(state, FlowState):
         raise ValueError(f"run: `state` must be a FlowState; got {type(state).__name__}.")
     y = check_points("y", y, d=state.x.shape[1], other="x0")
