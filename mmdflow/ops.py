@@ -142,6 +142,24 @@ class SumConfig:
         """``block_size``, or the default tile size when it is ``None``."""
         return DEFAULT_BLOCK_SIZE if self.block_size is None else self.block_size
 
+    @property
+    def local(self) -> dict[str, Any]:
+        """The ``impl`` / ``block_size`` keywords of the one-device sums (:func:`kernel_matvec`,
+        :func:`mmdflow.mmd2`, ...)."""
+        return {"impl": self.impl, "block_size": self.tiles}
+
+    @property
+    def collective(self) -> tuple:
+        """``(mesh, axis, strategy, (rows, cols) tiles)``: the arguments of the sharded sums."""
+        return self.mesh, self.axis, self.strategy, check_block_size(self.tiles)
+
+
+def check_sum_config(owner: str, sums) -> SumConfig:
+    """``sums`` if it is a :class:`SumConfig` (ValueError naming ``owner`` otherwise)."""
+    if not isinstance(sums, SumConfig):
+        raise ValueError(f"{owner}: `sums` must be an ops.SumConfig; got {sums!r}.")
+    return sums
+
 
 def check_kernel(k) -> Kernel:
     if not isinstance(k, Kernel):

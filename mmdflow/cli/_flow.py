@@ -44,15 +44,6 @@ def _make_mesh(num: int):
     return sharding.make_mesh(num)
 
 
-def _field_params(method: str) -> set[str]:
-    """The hyperparameters of ``--method``'s velocity field."""
-    import dataclasses
-
-    from mmdflow import flows
-
-    return {f.name for f in dataclasses.fields(flows.FLOWS[method])}
-
-
 #: field hyperparameters that --param does not set (objects, or options of their own)
 _NOT_PARAMS = ("kernel", "sums", "critic", "optimizer", "reg", "num_features", "resample_features")
 
@@ -83,7 +74,8 @@ def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int, mesh=None
 
     The defaults are the field's ``defaults_for`` the data's bandwidth and size
     (:data:`mmdflow.flows.FLOWS`); the options override them: ``--step-size`` (absolute),
-    ``--reg`` (in units of ``1 / bandwidth^2``), ``--noise`` (in units of the bandwidth),
+    ``--reg`` (in units of ``bandwidth ** reg_power``, the field's), ``--noise`` (in units of
+    the bandwidth),
     ``--num-features`` / ``--fixed-features``, ``--impl``. With a ``mesh`` (``--devices``)
     the flow pads and shards the particles and targets over it (``ParticleFlow.mesh``).
     """
@@ -92,7 +84,7 @@ def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int, mesh=None
     from mmdflow import flows, ops
 
     cls = flows.FLOWS[args.method]
-    params = _field_params(args.method)
+    params = set(flows.field_params(args.method))
     kw = cls.defaults_for(kernel, bandwidth, n, d, jax.random.key(args.seed + 2))
     settings = {}
     if args.step_size is not None:
@@ -104,12 +96,12 @@ def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int, mesh=None
         settings["max_move"] = kw["max_move"] / bandwidth
         settings["max_move_rule"] = "a particle moves at most max_move * bandwidth per step"
     if "reg" in params:
-        unit = bandwidth ** getattr(cls, "reg_power", 0)  # --reg is in units of this
+        p = getattr(cls, "reg_power", 0)
+        unit = bandwidth**p  # --reg is in units of this
         if args.reg is not None:
             kw["reg"] = args.reg * unit
         settings["reg"] = kw["reg"] / unit
         settings["reg_absolute"] = kw["reg"]
-        p = getattr(cls, "reg_power", 0)
         settings["reg_rule"] = (
             f"reg is in units of bandwidth^{p}; the solver gets reg_absolute" if p else "as given"
         )
@@ -150,9 +142,7 @@ def _check_options(args) -> None:
     """Option combinations that do not apply (one-line :class:`CLIError`)."""
     from mmdflow import flows
 
-    if args.method not in flows.FLOWS:
-        raise CLIError(f"--method {args.method!r}: unknown flow; valid: {', '.join(flows.FLOWS)}")
-    params = _field_params(args.method)
+    params = set(flows.field_params(args.method))  # --method is one of them (parser choices)
     if args.reg is not None and "reg" not in params:
         raise CLIError(f"--reg does not apply to --method {args.method} (it has no ridge)")
     if args.fixed_features and "num_features" not in params:

@@ -15,13 +15,19 @@ from mmdflow.fields._base import Velocity, schedule_value
 from mmdflow.fields._mmd import STEP_FACTOR as MMD_STEP_FACTOR
 from mmdflow.kernels import Kernel
 from mmdflow.mmd import witness, witness_grad
-from mmdflow.ops import SumConfig, check_kernel, kernel_grad_matvec, kernel_matvec
+from mmdflow.ops import (
+    SumConfig,
+    check_kernel,
+    check_sum_config,
+    kernel_grad_matvec,
+    kernel_matvec,
+)
 
 #: :meth:`DrMMDField.defaults_for`: the ridge ``lambda``. Measured (``benchmarks/
 #: drmmd_defaults.py``, the ``mmdflow flow`` setting, 500 steps at the MMD flow's step):
 #: final MMD^2 reduction 6,090x (gaussian -> 8gaussians) and 79,900x (moons -> rings) at
 #: lambda = 1, vs 650x / 16,800x at 0.1 and 203x / 14x at 0.01 (kwgflows' examples use 1e-3
-#: to 1e-2); the adaptive schedule from 1: 1,030x / 1,620x; the MMD flow 10,900x / 76,300x.
+#: to 1e-2); the adaptive schedule from 1: 1,030x / 17,100x; the MMD flow 10,900x / 76,300x.
 REG = 1.0
 
 
@@ -98,8 +104,7 @@ class DrMMDField:
             )
         check_hyper(cls, "cg_tol", self.cg_tol)
         check_int(cls, "cg_maxiter", self.cg_maxiter)
-        if not isinstance(self.sums, SumConfig):
-            raise ValueError(f"{cls}: `sums` must be an ops.SumConfig; got {self.sums!r}.")
+        check_sum_config(cls, self.sums)
 
     @classmethod
     def defaults_for(
@@ -139,7 +144,7 @@ class DrMMDField:
                 f"DrMMDField: the state was initialised for {extra.alpha.shape[0]} targets but "
                 f"`y` has shape {tuple(y.shape)}."
             )
-        k, opts = self.kernel, {"impl": self.sums.impl, "block_size": self.sums.tiles}
+        k, opts = self.kernel, self.sums.local
         wit_y = witness(y, x, y, k, wx=wx, wy=b, **opts)  # (mu_P - mu_Q)(Y) = -g(Y)
         wit_x = witness(x, x, y, k, wx=wx, wy=b, **opts)
         mmd2 = jnp.dot(b, wit_y) - jnp.dot(wx, wit_x)

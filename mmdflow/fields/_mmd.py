@@ -7,11 +7,10 @@ from typing import Any, ClassVar
 
 import jax
 
-from mmdflow._checks import check_block_size
 from mmdflow.fields._base import Velocity
 from mmdflow.kernels import Kernel
 from mmdflow.mmd import witness_grad
-from mmdflow.ops import SumConfig, check_kernel
+from mmdflow.ops import SumConfig, check_kernel, check_sum_config
 from mmdflow.sharding._mmd import _witness_padded
 
 #: :meth:`MMDField.defaults_for` (``mmdflow flow``): the step is this times ``bandwidth**2``
@@ -41,8 +40,7 @@ class MMDField:
 
     def __post_init__(self):
         check_kernel(self.kernel)
-        if not isinstance(self.sums, SumConfig):
-            raise ValueError(f"MMDField: `sums` must be an ops.SumConfig; got {self.sums!r}.")
+        check_sum_config("MMDField", self.sums)
 
     @classmethod
     def defaults_for(
@@ -56,13 +54,9 @@ class MMDField:
         return None
 
     def fit(self, x, wx, y, wy, extra, key, count) -> tuple[Velocity, Any, dict]:
-        s = self.sums
+        s, k = self.sums, self.kernel
         if s.mesh is not None:  # padded, sharded inputs with normalised weights (ParticleFlow)
-            opts = (s.mesh, s.axis, s.strategy, check_block_size(s.tiles))
-            fn = lambda z: _witness_padded("grad", self.kernel, z, x, y, wx, wy, *opts)
-            return Velocity(None, fn), extra, {}
-
-        def fn(z):
-            return witness_grad(z, x, y, self.kernel, wx=wx, wy=wy, impl=s.impl, block_size=s.tiles)
-
+            fn = lambda z: _witness_padded("grad", k, z, x, y, wx, wy, *s.collective)
+        else:
+            fn = lambda z: witness_grad(z, x, y, k, wx=wx, wy=wy, **s.local)
         return Velocity(None, fn), extra, {}

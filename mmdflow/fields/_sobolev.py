@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 
 from mmdflow._checks import (
-    check_block_size,
     check_bool,
     check_hyper,
     check_int,
@@ -19,7 +18,7 @@ from mmdflow._checks import (
 from mmdflow.features import RFF
 from mmdflow.fields._base import Velocity, schedule_value
 from mmdflow.kernels import Kernel, _pytree
-from mmdflow.ops import SumConfig, check_kernel
+from mmdflow.ops import SumConfig, check_kernel, check_sum_config
 from mmdflow.sharding._sobolev import _exact_critic_padded
 from mmdflow.sobolev import SOLVERS, compute_dtype, exact_critic, rff_embedding, rff_solve
 
@@ -133,8 +132,7 @@ class SobolevField:
             raise ValueError(f"{cls}: `solver` must be one of {SOLVERS}; got {self.solver!r}.")
         check_bool(cls, "normalize", self.normalize)
         check_bool(cls, "resample_features", self.resample_features)
-        if not isinstance(self.sums, SumConfig):
-            raise ValueError(f"{cls}: `sums` must be an ops.SumConfig; got {self.sums!r}.")
+        check_sum_config(cls, self.sums)
         if self.sums.mesh is not None and self.num_features is None and self.solver == "cholesky":
             raise ValueError(
                 f"{cls}: on a mesh the exact critic is solved by CG; got solver='cholesky'."
@@ -179,9 +177,8 @@ class SobolevField:
         reg = schedule_value(self.reg, count)
         s = self.sums
         if self.num_features is None and s.mesh is not None:  # padded, sharded, normalised
-            opts = (s.mesh, s.axis, s.strategy, check_block_size(s.tiles))
             c = _exact_critic_padded(
-                self.kernel, x, y, wx, wy, reg, *opts, self.cg_tol, self.cg_maxiter
+                self.kernel, x, y, wx, wy, reg, *s.collective, self.cg_tol, self.cg_maxiter
             )
             return c, extra
         if self.num_features is None:

@@ -38,13 +38,14 @@ Example:
 """
 
 from mmdflow.flows._particle import ParticleFlow
-from mmdflow.flows._registry import FLOWS, make
+from mmdflow.flows._registry import FLOWS, field_params, make
 from mmdflow.flows._run import DIVERGENCE_FACTOR, run, scan
 from mmdflow.flows._state import FlowState
 
 __all__ = [
     "FLOWS",
     "make",
+    "field_params",
     "ParticleFlow",
     "FlowState",
     "DIVERGENCE_FACTOR",

@@ -165,7 +165,7 @@ class ParticleFlow:
         extra, n = state.extra, state.x.shape[0]
         if self.mesh is not None:  # padded, sharded targets with normalised weights
             extra, n = extra.extra, extra.n
-            size = _axis_size(self.mesh, self.axis)
+            size = _axis_size(self.mesh, self.axis)  # state.x has a multiple of it rows
             b = normalized_weights("wy", wy, y.shape[0], "y", state.x.dtype)
             y = self._shard(_pad_to(y.astype(state.x.dtype), size, "edge"))
             wy = self._shard(_pad_to(b, size, "constant"))
@@ -177,7 +177,7 @@ class ParticleFlow:
             d = state.x.shape[1]
             eps = jax.random.normal(jax.random.fold_in(kf, 1), (n, d), state.x.dtype)
             if self.mesh is not None:
-                eps = _pad_to(eps, _axis_size(self.mesh, self.axis), "edge")
+                eps = _pad_to(eps, size, "edge")
             v = vel.fn(state.x + beta * eps)
         if self.mesh is not None:
             extra = MeshExtra(extra, n)
