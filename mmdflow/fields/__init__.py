@@ -13,6 +13,8 @@ interface is :class:`VelocityField`; a new flow is a new field plus one line in
   the Sobolev GAN along the flow.
 * :class:`DrMMDField`: the de-regularized MMD witness (Chen et al., JMLR 2025), its
   target-kernel system solved by CG on kernel sums.
+* :class:`KALEField`: the KALE witness (Glaser, Arbel & Gretton, NeurIPS 2021), its dual
+  solved by Newton's method with CG on kernel sums.
 
 Every field has ``defaults_for(kernel, bandwidth, n, d, key)``: its flow's and its own
 hyperparameters for data at length scale ``bandwidth`` (what ``mmdflow flow`` uses).
@@ -31,6 +33,7 @@ import importlib
 
 from mmdflow.fields._base import Velocity, VelocityField, schedule_value
 from mmdflow.fields._drmmd import DrMMDField
+from mmdflow.fields._kale import KALEField, KALEState
 from mmdflow.fields._mmd import MMDField
 from mmdflow.fields._sobolev import RFFState, SobolevField
 
@@ -50,6 +53,8 @@ __all__ = [
     "schedule_value",
     "MMDField",
     "DrMMDField",
+    "KALEField",
+    "KALEState",
     "SobolevField",
     "RFFState",
     "NeuralSobolevField",

@@ -39,6 +39,7 @@ FLOWS: Mapping[str, type] = _Registry(
         "mmd": "mmdflow.fields._mmd:MMDField",
         "neural-sobolev": "mmdflow.fields._neural:NeuralSobolevField",
         "drmmd": "mmdflow.fields._drmmd:DrMMDField",
+        "kale": "mmdflow.fields._kale:KALEField",
     }
 )
 
