@@ -14,6 +14,10 @@ Besides the point-wise ``__call__``, kernels expose two *block* methods used by
 * ``hess_block(x, y, e)`` -> ``[n, d]``, ``sum_j H(x_i, y_j) e_j`` with the
   cross-Hessian ``H[a, b] = d^2 k / dx_a dy_b`` for vectors ``e [m, d]``.
 
+:class:`Stein` is the Langevin-Stein kernel of a base kernel and a target density, on
+augmented points ``[x, grad log p(x)]`` (:func:`stein_points`): the kernel of the kernel
+Stein discrepancy (:mod:`mmdflow.ksd`) and of the density flows.
+
 The base class derives them from ``__call__`` with ``vmap``/``jacfwd``, so any
 subclass that only implements ``__call__`` works everywhere; radial and
 dot-product kernels override them with closed forms (one distance computation
@@ -47,6 +51,7 @@ from mmdflow.kernels._combine import _Squared as _Squared
 from mmdflow.kernels._dotproduct import Linear, Polynomial
 from mmdflow.kernels._feature import FeatureKernel
 from mmdflow.kernels._radial import IMQ, Energy, Gaussian, Laplace, MixtureRBF, RationalQuadratic
+from mmdflow.kernels._stein import Stein, stein_points
 
 __all__ = [
     "Kernel",
@@ -63,6 +68,8 @@ __all__ = [
     "Sum",
     "Scaled",
     "FeatureKernel",
+    "Stein",
+    "stein_points",
     "median_bandwidth",
     "sqdist",
 ]
