@@ -263,10 +263,23 @@ def check_logp(logp, x: jax.Array, owner: str = "score") -> None:
 
     Traced at the shapes only (no evaluation), so it works under ``jit``.
 
+    Args:
+      logp: the log-density to check.
+      x: ``[n, d]`` points (only their shape and dtype are used).
+      owner: the name the error message starts with.
+
     Raises:
       ValueError: ``logp`` is not callable, fails to trace on a ``[d]`` point (wrong
         dimension, a shape error), returns a non-scalar or non-floating value, or is not
         differentiable.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mmdflow import densities
+      >>> densities.check_logp(lambda x: x, jnp.zeros((4, 2)))
+      Traceback (most recent call last):
+      ...
+      ValueError: score: `logp` (<lambda>) must return a floating scalar for a point of shape (2,); got shape (2,), dtype float32.
     """
     if not callable(logp):
         raise ValueError(f"{owner}: `logp` must be a callable [d] -> scalar; got {logp!r}.")

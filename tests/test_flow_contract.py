@@ -1,9 +1,10 @@
 """The contract every flow of the registry (``mmdflow.flows.FLOWS``) meets, at its defaults.
 
 A new flow (a velocity field plus one registry line) is picked up here without a new test:
-MMD^2 decreases on a 2-D pair, ``jit(step)`` traces once, float32 and float64 particles
-keep their dtype and agree, bad hyperparameters raise ``ValueError``, and the run on 8 host
-devices (padded, sharded) equals the one-device run (``_sharding_checks.py``, read by
+MMD^2 decreases on a 2-D pair (a density flow's KSD^2 to a 2-D Gaussian density),
+``jit(step)`` traces once, float32 and float64 particles keep their dtype and agree, bad
+hyperparameters raise ``ValueError``, and the run on 8 host devices (padded, sharded) equals
+the one-device run (``_sharding_checks.py``, read by
 ``test_sharded_registry_flows_equal_one_device``).
 """
 
@@ -13,11 +14,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmdflow import flows, kernels
+from mmdflow import densities, flows, kernels
 
 NAMES = list(flows.FLOWS)
+# flows toward a density (the field holds a log-density; no target samples)
+DENSITY_NAMES = [n for n in NAMES if getattr(flows.FLOWS[n], "target", "samples") == "density"]
+SAMPLE_NAMES = [n for n in NAMES if n not in DENSITY_NAMES]
 N, D, BW = 120, 2, 1.0
 KERNEL = kernels.Gaussian(BW)
+# the density flows' target: y's mean, at the length scale BW their default steps assume
+# (at y's scale 0.5 SVGD's step oscillates: KSD^2 17.7 -> 369 in 20 steps)
+TARGET = densities.Gaussian(mean=(1.5, -0.5), cov=((1.0, 0.0), (0.0, 1.0)))
 
 
 def _pair(dtype=np.float32):
@@ -29,7 +36,14 @@ def _pair(dtype=np.float32):
 
 def _flow(name, **over):
     kw = flows.FLOWS[name].defaults_for(KERNEL, BW, N, D, jax.random.key(5))
+    if name in DENSITY_NAMES:
+        kw["logp"] = TARGET
     return flows.make(name, **{**kw, **over})
+
+
+def _target(name, y):
+    """What a step takes: the samples ``y``, or ``None`` for a density flow."""
+    return None if name in DENSITY_NAMES else y
 
 
 def _mmd2_np(x, y):
@@ -44,13 +58,14 @@ def _mmd2_np(x, y):
 
 
 def test_registry_names_and_defaults():
-    assert {"sobolev", "mmd", "neural-sobolev"} <= set(NAMES)
+    assert {"sobolev", "mmd", "neural-sobolev"} <= set(SAMPLE_NAMES)
+    assert {"svgd", "ksd"} <= set(DENSITY_NAMES)
     for name in NAMES:
         f = _flow(name)
         assert isinstance(f, flows.ParticleFlow) and f.kernel is KERNEL
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SAMPLE_NAMES)
 def test_mmd2_decreases_on_a_2d_pair(name):
     x, y = _pair()
     f = _flow(name)
@@ -63,9 +78,32 @@ def test_mmd2_decreases_on_a_2d_pair(name):
     assert np.all(np.isfinite(hist["kinetic"][1:])) and np.all(hist["kinetic"][1:] > 0)
 
 
+def _ksd2_np(x):
+    """V-statistic KSD^2 to TARGET, Gaussian kernel, in float64 NumPy (from the formula)."""
+    x = np.asarray(x, np.float64)
+    s = -(x - np.array(TARGET.mean))  # unit covariance
+    r = x[:, None, :] - x[None, :, :]
+    r2 = (r**2).sum(-1)
+    sr = np.einsum("id,ijd->ij", s, r) - np.einsum("jd,ijd->ij", s, r)
+    kp = np.exp(-r2 / (2 * BW**2)) * (s @ s.T + sr / BW**2 + D / BW**2 - r2 / BW**4)
+    return kp.mean()
+
+
+@pytest.mark.parametrize("name", DENSITY_NAMES)
+def test_ksd2_decreases_toward_a_2d_density(name):
+    x, _ = _pair()
+    f = _flow(name)
+    state, hist = flows.run(f, x, None, num_steps=40, key=jax.random.key(0), record_every=20)
+    assert "mmd2" not in hist and np.all(np.diff(hist["ksd2"]) < 0), hist["ksd2"]
+    assert _ksd2_np(state.x) < 0.9 * _ksd2_np(x), hist["ksd2"]
+    np.testing.assert_allclose(hist["ksd2"][-1], _ksd2_np(state.x), rtol=1e-3, atol=1e-6)
+    assert np.all(np.isfinite(hist["kinetic"][1:])) and np.all(hist["kinetic"][1:] > 0)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_jitted_step_traces_once(name):
     x, y = _pair()
+    y = _target(name, y)
     f = _flow(name)
     traces = []
 
@@ -86,9 +124,11 @@ def test_jitted_step_traces_once(name):
 def test_float32_and_float64(name):
     with jax.enable_x64(True):
         x64, y64 = _pair(np.float64)
+        y64 = _target(name, y64)
         f = _flow(name)
         s64 = jax.jit(lambda s: flows.scan(f, s, y64, 3))(f.init(x64, jax.random.key(0)))[0]
-        x32, y32 = x64.astype(jnp.float32), y64.astype(jnp.float32)
+        x32 = x64.astype(jnp.float32)
+        y32 = None if y64 is None else y64.astype(jnp.float32)
         s32 = jax.jit(lambda s: flows.scan(f, s, y32, 3))(f.init(x32, jax.random.key(0)))[0]
     assert s64.x.dtype == jnp.float64 and s32.x.dtype == jnp.float32
     moved = np.abs(np.asarray(s64.x) - np.asarray(x64)).max()

@@ -13,6 +13,10 @@ interface is :class:`VelocityField`; a new flow is a new field plus one line in
   the Sobolev GAN along the flow.
 * :class:`DrMMDField`: the de-regularized MMD witness (Chen et al., JMLR 2025), its
   target-kernel system solved by CG on kernel sums.
+* :class:`SVGDField`: Stein variational gradient descent (Liu & Wang 2016) toward an
+  unnormalized density (``target = "density"``: no target samples).
+* :class:`KSDField`: KSD descent (Korba et al. 2021), the Wasserstein gradient of the
+  kernel Stein discrepancy to a density.
 * :class:`KALEField`: the KALE witness (Glaser, Arbel & Gretton, NeurIPS 2021), its dual
   solved by Newton's method with CG on kernel sums.
 
@@ -34,8 +38,10 @@ import importlib
 from mmdflow.fields._base import Velocity, VelocityField, schedule_value
 from mmdflow.fields._drmmd import DrMMDField
 from mmdflow.fields._kale import KALEField, KALEState
+from mmdflow.fields._ksd import KSDField
 from mmdflow.fields._mmd import MMDField
 from mmdflow.fields._sobolev import RFFState, SobolevField
+from mmdflow.fields._svgd import SVGDField
 
 _NEURAL = ("NeuralSobolevField", "CriticState", "MLPCritic", "mlp_critic")
 
@@ -53,6 +59,8 @@ __all__ = [
     "schedule_value",
     "MMDField",
     "DrMMDField",
+    "SVGDField",
+    "KSDField",
     "KALEField",
     "KALEState",
     "SobolevField",

@@ -37,6 +37,11 @@ class VelocityField(Protocol):
       (weights ``wy [m]`` or ``None``), with a fresh PRNG ``key`` and the step ``count``
       (for schedules); ``aux`` is a dict of scalars (``critic`` by convention: the
       discrepancy estimate, or absent).
+
+    A field that moves particles toward a density rather than samples (SVGD, KSD descent)
+    holds its target log-density ``logp`` and has the class attribute
+    ``target = "density"``: its flow's steps and ``fit`` get ``y=None``, and
+    :func:`mmdflow.flows.run` records KSD^2 instead of MMD^2. Sample fields omit it.
     """
 
     kernel: Any

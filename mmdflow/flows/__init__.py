@@ -11,6 +11,9 @@ names every flow; :func:`make` builds one by name:
 * ``"mmd"``: the MMD gradient flow of Arbel et al. (2019),
   ``x <- x + step_size * grad witness(x + noise_level * eps)`` (noise injection).
 * ``"neural-sobolev"``: the neural-critic version (Flax NNX).
+* ``"svgd"``, ``"ksd"``: density flows toward a log-density ``logp`` (no target samples:
+  ``y=None``; :mod:`mmdflow.densities`): Stein variational gradient descent (Liu & Wang
+  2016) and KSD descent (Korba et al. 2021); :func:`run` records their KSD^2.
 
 Protocol::
 

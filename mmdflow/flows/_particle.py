@@ -26,6 +26,12 @@ class MeshExtra:
     n: int
 
 
+def is_density_flow(stepper) -> bool:
+    """Whether ``stepper``'s field moves particles toward a density (``target = "density"``,
+    e.g. SVGD, KSD descent: no target samples) rather than toward samples ``y``."""
+    return getattr(getattr(stepper, "field", None), "target", "samples") == "density"
+
+
 def _is_zero(v) -> bool:
     """A hyperparameter that is a concrete, all-zero value (not a schedule)."""
     if callable(v):
@@ -53,6 +59,10 @@ class ParticleFlow:
     ``aux`` always holds ``kinetic`` (weighted ``mean |dx|^2 / step_size``) and
     ``critic`` (the field's discrepancy estimate, NaN when it has none), plus the
     field's own entries.
+
+    A density field (``field.target == "density"``: :class:`~mmdflow.fields.SVGDField`,
+    :class:`~mmdflow.fields.KSDField`) holds its target, a log-density: its steps take
+    ``y=None`` (target samples, if given, are ignored).
 
     Attributes:
       field: the velocity field (:mod:`mmdflow.fields`).
@@ -117,7 +127,8 @@ class ParticleFlow:
 
     @property
     def kernel(self):
-        """The field's kernel (what :func:`run` monitors MMD^2 with)."""
+        """The field's kernel (what :func:`run` monitors MMD^2, or a density flow's KSD^2,
+        with)."""
         return self.field.kernel
 
     def init(
@@ -149,7 +160,7 @@ class ParticleFlow:
         return state.x if self.mesh is None else state.x[: state.extra.n]
 
     def velocity(
-        self, state: FlowState, y: jax.Array, wy: jax.Array | None = None
+        self, state: FlowState, y: jax.Array | None = None, wy: jax.Array | None = None
     ) -> tuple[jax.Array, Velocity, FlowState, dict]:
         """The first half of :meth:`step`: the field fitted on the current particles.
 
@@ -160,12 +171,22 @@ class ParticleFlow:
           pixels of colour transfer), the state with the field's new state and the next
           key (the particles not moved), and the field's aux.
         """
-        y = check_points("y", y, d=state.x.shape[1], other="x0")
+        samples = not is_density_flow(self)
+        if not samples:  # the field holds its target density
+            y, wy = None, None
+        elif y is None:
+            raise ValueError(
+                f"ParticleFlow: `y` (target samples [m, d]) is required by "
+                f"{type(self.field).__name__}; only density fields take y=None."
+            )
+        else:
+            y = check_points("y", y, d=state.x.shape[1], other="x0")
         key, kf = jax.random.split(state.key)
         extra, n = state.extra, state.x.shape[0]
-        if self.mesh is not None:  # padded, sharded targets with normalised weights
+        if self.mesh is not None:
             extra, n = extra.extra, extra.n
             size = _axis_size(self.mesh, self.axis)  # state.x has a multiple of it rows
+        if self.mesh is not None and samples:  # padded, sharded targets, normalised weights
             b = normalized_weights("wy", wy, y.shape[0], "y", state.x.dtype)
             y = self._shard(_pad_to(y.astype(state.x.dtype), size, "edge"))
             wy = self._shard(_pad_to(b, size, "constant"))
@@ -195,13 +216,13 @@ class ParticleFlow:
         return state._replace(x=self._shard(state.x + dx), count=state.count + 1), out
 
     def step(
-        self, state: FlowState, y: jax.Array, wy: jax.Array | None = None
+        self, state: FlowState, y: jax.Array | None = None, wy: jax.Array | None = None
     ) -> tuple[FlowState, dict]:
         """One step: fit the field, move the particles.
 
         Args:
           state: the current state.
-          y: ``[m, d]`` target samples.
+          y: ``[m, d]`` target samples (``None`` for a density field, which ignores them).
           wy: optional ``[m]`` target weights.
 
         Returns:

@@ -39,6 +39,8 @@ FLOWS: Mapping[str, type] = _Registry(
         "mmd": "mmdflow.fields._mmd:MMDField",
         "neural-sobolev": "mmdflow.fields._neural:NeuralSobolevField",
         "drmmd": "mmdflow.fields._drmmd:DrMMDField",
+        "svgd": "mmdflow.fields._svgd:SVGDField",
+        "ksd": "mmdflow.fields._ksd:KSDField",
         "kale": "mmdflow.fields._kale:KALEField",
     }
 )

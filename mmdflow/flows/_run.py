@@ -13,11 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmdflow._checks import check_int, check_points, normalized_weights
-from mmdflow.flows._particle import ParticleFlow
+from mmdflow.flows._particle import ParticleFlow, is_density_flow
 from mmdflow.flows._state import FlowState
 from mmdflow.kernels import Kernel
+from mmdflow.ksd import ksd2
 from mmdflow.mmd import mmd2
-from mmdflow.ops import kernel_matvec
+from mmdflow.ops import SumConfig, kernel_matvec
 
 #: :func:`run` stops when a recorded MMD^2 exceeds this times
 #: ``max(first record, E k(y, y') / 2)`` (or ``E k(y, y')``, if lower and above the first
@@ -48,14 +49,14 @@ def _host(a):
 
 
 def scan(
-    stepper, state: FlowState, y: jax.Array, num_steps: int, wy: jax.Array | None = None
+    stepper, state: FlowState, y: jax.Array | None, num_steps: int, wy: jax.Array | None = None
 ) -> tuple[FlowState, dict[str, jax.Array]]:
     """Runs ``num_steps`` steps in one ``lax.scan`` (pure, jit-able).
 
     Args:
       stepper: an object with ``init`` and ``step``.
       state: the starting state.
-      y: ``[m, d]`` target samples.
+      y: ``[m, d]`` target samples (``None`` for a density flow).
       num_steps: number of steps (static).
       wy: optional ``[m]`` target weights.
 
@@ -95,11 +96,14 @@ def _chunk_fn(stepper, check_finite: bool):
 
 @functools.lru_cache(maxsize=16)
 def _compiled(stepper, kmmd: Kernel, impl: str, check_finite: bool):
-    """The jitted chunk, MMD^2 and ``E k(y, y')`` functions of a run (cached across runs)."""
+    """The jitted chunk, MMD^2 (a density flow's KSD^2) and ``E k(y, y')`` functions of a
+    run (cached across runs)."""
 
     # y and wy are arguments, not closed-over constants (no constant folding of the target)
     @jax.jit
     def measure(x, wx, yy, wyy):
+        if is_density_flow(stepper):
+            return ksd2(x, stepper.field.logp, kmmd, wx=wx, sums=SumConfig(impl=impl))
         return mmd2(x, yy, kmmd, wx=wx, wy=wyy, impl=impl)
 
     @jax.jit
@@ -134,9 +138,11 @@ def _empty_aux(stepper, state, y, wy):
     return jax.tree.map(fill, shapes)
 
 
-def _start_history(history: Mapping[str, Any], record_trajectory: bool, start: int) -> dict:
+def _start_history(
+    history: Mapping[str, Any], record_trajectory: bool, start: int, metric: str = "mmd2"
+) -> dict:
     """Lists from a previous run's history (``diverged`` dropped); checks it continues."""
-    need = ("step", "mmd2", "kinetic", "critic", "wall_time")
+    need = ("step", metric, "kinetic", "critic", "wall_time")
     missing = [k for k in need if k not in history]
     if record_trajectory and "trajectory" not in history:
         missing.append("trajectory")
@@ -158,7 +164,7 @@ def _start_history(history: Mapping[str, Any], record_trajectory: bool, start: i
 def run(
     stepper,
     x0: jax.Array | None,
-    y: jax.Array,
+    y: jax.Array | None,
     *,
     num_steps: int,
     key: jax.Array | None = None,
@@ -198,15 +204,21 @@ def run(
     then a noisy equilibrium several times above it) from tripping it. The history
     then holds ``diverged = {"step", "reason", "mmd2"}``.
 
+    A density flow (its field's ``target == "density"``: ``"svgd"``, ``"ksd"``) takes
+    ``y=None`` and records ``ksd2`` in place of ``mmd2``: the V-statistic ``KSD^2`` of the
+    particles to the field's ``logp`` (:func:`mmdflow.ksd.ksd2`, base kernel
+    ``mmd_kernel``); it stops only on non-finite particles or ``KSD^2`` (there is no
+    escape level), with ``diverged = {"step", "reason", "ksd2"}``.
+
     Args:
       stepper: an object with ``init`` and ``step``.
       x0: ``[n, d]`` initial particles (unused, may be ``None``, when ``state`` is given).
-      y: ``[m, d]`` target samples.
+      y: ``[m, d]`` target samples (``None`` for a density flow; ignored by one).
       num_steps: number of steps to take (from ``state``'s step when continuing).
       key: PRNG key for ``stepper.init`` (unused when ``state`` is given).
       record_every: steps between records.
       wx, wy: optional particle / target weights (``wx`` only for a fresh start).
-      mmd_kernel: kernel for the recorded MMD^2.
+      mmd_kernel: kernel for the recorded MMD^2 (a density flow's KSD^2: its base kernel).
       record_trajectory: also return the particles at every record, ``[R, n, d]``.
       callback: called as ``callback(step, record)`` after each record (progress bars).
       impl: kernel-sum implementation for the recorded MMD^2.
@@ -224,7 +236,7 @@ def run(
 
     Returns:
       ``(final_state, history)`` with history a dict of NumPy arrays: ``step``,
-      ``mmd2``, ``kinetic``, ``critic``, ``wall_time`` (seconds since start,
+      ``mmd2`` (a density flow: ``ksd2``), ``kinetic``, ``critic``, ``wall_time`` (seconds since start,
       compile time included in the first chunk), ``trajectory`` if requested, and
       ``diverged`` (a dict, see above) only when the run stopped early.
     """
@@ -245,7 +257,12 @@ def run(
             state = stepper.init(x0, key, wx)
     elif not isinstance(state, FlowState):
         raise ValueError(f"run: `state` must be a FlowState; got {type(state).__name__}.")
-    y = check_points("y", y, d=state.x.shape[1], other="x0")
+    density = is_density_flow(stepper)
+    metric = "ksd2" if density else "mmd2"
+    if density:  # the field holds its target
+        y, wy = None, None
+    else:
+        y = check_points("y", y, d=state.x.shape[1], other="x0")
     if wy is not None:  # checked here: inside the jitted chunks below it is traced
         normalized_weights("wy", wy, y.shape[0], "y", y.dtype)
     kmmd = mmd_kernel if mmd_kernel is not None else stepper.kernel
@@ -261,11 +278,11 @@ def run(
     aux = _empty_aux(stepper, state, y, wy)
     if history is None:
         nan = float("nan")
-        hist = {"step": [start], "mmd2": [float(measure(state.x, state.wx, y, wy))]}
+        hist = {"step": [start], metric: [float(measure(state.x, state.wx, y, wy))]}
         hist.update(kinetic=[nan], critic=[nan], wall_time=[0.0])
         traj = [_host(state.x)] if record_trajectory else None
     else:
-        hist = _start_history(history, record_trajectory, start)
+        hist = _start_history(history, record_trajectory, start, metric)
         traj = list(np.asarray(history["trajectory"])) if record_trajectory else None
         t0 -= hist["wall_time"][-1]
 
@@ -280,7 +297,7 @@ def run(
     def record(step):
         rec = {
             "step": step,
-            "mmd2": float(measure(state.x, state.wx, y, wy)),
+            metric: float(measure(state.x, state.wx, y, wy)),
             "kinetic": float(aux["kinetic"]),
             "critic": float(aux["critic"]),
             "wall_time": time.perf_counter() - t0,
@@ -292,7 +309,9 @@ def run(
         return rec
 
     diverged = None
-    if divergence_factor is not None:
+    if divergence_factor is not None and density:  # no escape level: finite KSD^2 only
+        limit, why = math.inf, "KSD^2 must stay finite"
+    elif divergence_factor is not None:
         limit, why = _mmd2_limit(hist["mmd2"][0], float(escape_level(y, wy)), divergence_factor)
     step, end = start, start + num_steps
     per_step = None  # measured seconds per step (the first chunk, 1 step, compiles)
@@ -309,12 +328,13 @@ def run(
             if hist["step"][-1] != step:
                 rec = record(step)
             diverged = {"step": step, "reason": f"non-finite particles at step {step + 1}"}
-            diverged["mmd2"] = hist["mmd2"][-1]
+            diverged[metric] = hist[metric][-1]
         elif step == target:
             rec = record(step)
-            if divergence_factor is not None and not rec["mmd2"] <= limit:
-                reason = f"MMD^2 rose to {rec['mmd2']:.3e}, above {limit:.3e} ({why})"
-                diverged = {"step": step, "reason": reason, "mmd2": rec["mmd2"]}
+            if divergence_factor is not None and not rec[metric] <= limit:
+                label = "KSD^2" if density else "MMD^2"
+                reason = f"{label} rose to {rec[metric]:.3e}, above {limit:.3e} ({why})"
+                diverged = {"step": step, "reason": reason, metric: rec[metric]}
         if callback is not None and rec is not None:
             callback(step, rec)
         if on_chunk is not None:
