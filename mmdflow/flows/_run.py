@@ -310,7 +310,7 @@ def run(
 
     diverged = None
     if divergence_factor is not None and density:  # no escape level: finite KSD^2 only
-        limit, why = math.inf, "KSD^2 must stay finite"
+        limit, why = math.inf, ""
     elif divergence_factor is not None:
         limit, why = _mmd2_limit(hist["mmd2"][0], float(escape_level(y, wy)), divergence_factor)
     step, end = start, start + num_steps
@@ -332,8 +332,9 @@ def run(
         elif step == target:
             rec = record(step)
             if divergence_factor is not None and not rec[metric] <= limit:
-                label = "KSD^2" if density else "MMD^2"
-                reason = f"{label} rose to {rec[metric]:.3e}, above {limit:.3e} ({why})"
+                reason = f"MMD^2 rose to {rec[metric]:.3e}, above {limit:.3e} ({why})"
+                if density:
+                    reason = f"KSD^2 is not finite ({rec[metric]})"
                 diverged = {"step": step, "reason": reason, metric: rec[metric]}
         if callback is not None and rec is not None:
             callback(step, rec)
