@@ -114,7 +114,8 @@ def test_zero_weight_points_drop_out():
 
 def test_large_reg_approaches_the_mmd_flow():
     """``c -> b`` as ``lambda -> inf``: the velocity -> the MMD flow's (witness gradient), with
-    a gap ~ 1 / lambda (no rescaling), and KALE -> MMD^2 / 2 (the paper's Prop. 1)."""
+    a gap ~ 1 / lambda (no rescaling), and KALE -> MMD^2 / 2 (the paper's KL-to-MMD
+    interpolation)."""
     with jax.enable_x64(True):
         x, y, z = _data()
         # the MMD flow's velocity (fields.MMDField): the witness gradient
