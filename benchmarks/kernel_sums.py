@@ -189,7 +189,7 @@ def build_fn(impl: str, op: str, block_size, chunk: int):
             return lambda k, x, y, w: gmv(k.bandwidth, x, y, w, chunk)
         mmd = lambda k, x, y: baseline_mmd2(mv, k.bandwidth, x, y, chunk)
         return lambda k, x, y, w: jax.grad(lambda x: mmd(k, x, y))(x)
-    kw = dict(impl=impl, block_size=block_size)
+    kw = dict(sums=ops.SumConfig(impl, block_size))
     if op == "matvec":
         return lambda k, x, y, w: ops.kernel_matvec(k, x, y, w, **kw)
     if op == "grad_matvec":
@@ -327,7 +327,9 @@ def parse_args(argv=None):
         default=None,
         help="timed runs after 1 warm-up; the median is reported (default 5, 3 with --quick)",
     )
-    p.add_argument("--block-size", type=int, default=ops.DEFAULT_BLOCK_SIZE)
+    p.add_argument(
+        "--block-size", type=int, default=None, help="blocked tiles (default: the tuned tiles)"
+    )
     p.add_argument(
         "--pallas-block-size",
         type=int,
@@ -490,9 +492,8 @@ def _block_of(args, impl):
     if impl == "blocked":
         return args.block_size
     if impl == "pallas":
-        # the blocked default stands for the fused default tiles (see mmdflow.ops)
         bs = args.pallas_block_size
-        return tuple(bs) if bs else ops.DEFAULT_BLOCK_SIZE
+        return tuple(bs) if bs else None  # the fused default tiles
     return args.block_size
 
 

@@ -1,16 +1,16 @@
 """Strong and weak scaling of the sharded witness gradient and generator step, plus a comm estimate.
 
-Measured op: ``mmdflow.sharding.sharded_witness_grad(x, x, y, k, mesh)``, the
+Measured op: ``mmdflow.witness_grad(x, x, y, k, sums=ops.SumConfig(mesh=mesh))``, the
 velocity field of one MMD-flow step (queries: the ``n`` particles; sources: the
 ``m`` targets and the ``n`` particles), Gaussian kernel, float32, ``n = m``, with
 both point sets sharded ``P("data")`` over the first ``D`` devices
 (``sharding.make_mesh(D)``) for ``D`` in ``--devices`` (default 1 2 4 8), for both
 strategies (``allgather``, ``ring``). The unsharded ``mmdflow.witness_grad``
-(``impl="blocked"``, same block size) is timed once at the strong-scaling size as
+(``SumConfig("blocked", block_size)``) is timed once at the strong-scaling size as
 ``baseline``.
 
 A second op, ``generator_step``: one data-parallel generator step
-(``mmdflow.sharding.sharded_direction``, kind ``"kernelized"``, exactly ``--gen-cg-iters``
+(``mmdflow.kernelized.direction`` with ``sums=SumConfig(mesh=...)``, kind ``"kernelized"``, exactly ``--gen-cg-iters``
 CG iterations, then an SGD update of the replicated parameters) for an MLP generator
 (latent 8, hidden 128 x 128, output ``d``), latent and target batches of ``M`` rows
 sharded ``P("data")``; ``baseline`` is the single-device ``mmdflow.kernelized.direction``.
@@ -96,7 +96,7 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import mmdflow  # noqa: E402
-from mmdflow import kernelized, kernels, sharding  # noqa: E402
+from mmdflow import kernelized, kernels, ops, sharding  # noqa: E402
 
 SCHEMA = "mmdflow.bench.scaling/1"
 COMM_DEVICES = (8, 64, 512)
@@ -191,16 +191,14 @@ def run_one(mode, strategy, devices, n, d, args) -> dict:
     k = kernels.Gaussian(np.float32(math.sqrt(2.0 * d)))
     x, y, _ = common.sample_points(n, d, args.seed)
     if strategy == "baseline":
-        fn = lambda x, y: mmdflow.witness_grad(
-            x, x, y, k, impl="blocked", block_size=args.block_size
-        )
+        cfg = ops.SumConfig("blocked", args.block_size)
+        fn = lambda x, y: mmdflow.witness_grad(x, x, y, k, sums=cfg)
         inputs = (jax.device_put(x), jax.device_put(y))
     else:
         mesh = sharding.make_mesh(devices)
         sh = NamedSharding(mesh, P("data"))
-        fn = lambda x, y: sharding.sharded_witness_grad(
-            x, x, y, k, mesh, strategy=strategy, block_size=args.block_size
-        )
+        cfg = ops.SumConfig(mesh=mesh, strategy=strategy, block_size=args.block_size)
+        fn = lambda x, y: mmdflow.witness_grad(x, x, y, k, sums=cfg)
         inputs = (jax.device_put(x, sh), jax.device_put(y, sh))
     rec.update(bench(fn, inputs, args.repeats))
     rec["status"] = "ok"
@@ -250,10 +248,8 @@ def run_one_generator(mode, strategy, devices, m, d, args) -> dict:
     else:
         mesh = sharding.make_mesh(devices)
         sh = NamedSharding(mesh, P("data"))
-        opts = dict(mesh=mesh, strategy=strategy, block_size=args.block_size)
-        direction = lambda p, z, y: sharding.sharded_direction(
-            gen_fn, p, z, y, k, 0.1, **kw, **opts
-        )
+        cfg = ops.SumConfig(mesh=mesh, strategy=strategy, block_size=args.block_size)
+        direction = lambda p, z, y: kernelized.direction(gen_fn, p, z, y, k, 0.1, **kw, sums=cfg)
         inputs = (params, jax.device_put(z, sh), jax.device_put(y, sh))
 
     def step(p, z, y):
@@ -268,12 +264,10 @@ def run_one_generator(mode, strategy, devices, m, d, args) -> dict:
 
 
 def _memory_fns(k, mesh, strategy, block_size) -> dict:
-    kw = dict(strategy=strategy, block_size=block_size)
+    cfg = ops.SumConfig(mesh=mesh, strategy=strategy, block_size=block_size)
     return {
-        "witness_grad": lambda x, y: sharding.sharded_witness_grad(x, x, y, k, mesh, **kw),
-        "grad_mmd2": jax.grad(
-            lambda x, y: sharding.sharded_mmd2(x, y, k, mesh, **kw), argnums=(0, 1)
-        ),
+        "witness_grad": lambda x, y: mmdflow.witness_grad(x, x, y, k, sums=cfg),
+        "grad_mmd2": jax.grad(lambda x, y: mmdflow.mmd2(x, y, k, sums=cfg), argnums=(0, 1)),
     }
 
 
@@ -430,8 +424,8 @@ def main(argv=None) -> dict:
             "memory_d": list(args.memory_d),
         },
         "definitions": {
-            "op": "witness_grad: sharded_witness_grad(x, x, y, Gaussian(sqrt(2 d))), n = m, "
-            "fp32; generator_step: sharded_direction(kind='kernelized', gen_cg_iters CG "
+            "op": "witness_grad: witness_grad(x, x, y, Gaussian(sqrt(2 d)), sums=mesh), n = m, "
+            "fp32; generator_step: direction(kind='kernelized', sums=mesh, gen_cg_iters CG "
             "iterations) + SGD update, MLP 8-128-128-d, batch M = n (latents and targets)",
             "gpairs_per_s": "witness_grad: n * (n + m) / run_s / 1e9; generator_step: "
             "(gen_cg_iters + 2) * M * 2M / run_s / 1e9 (kernel-pair evaluations)",

@@ -20,7 +20,7 @@ def main(n: int = 1000, steps: int = 100) -> dict:
     print(f"bandwidth (median heuristic): {float(k.bandwidth):.3f}")
     print(f"MMD^2 biased   : {float(mmdflow.mmd2(x, y, k)):.5f}")
     print(f"MMD^2 unbiased : {float(mmdflow.mmd2(x, y, k, estimator='unbiased')):.5f}")
-    g = mmdflow.witness_grad(x, x, y, k, impl="blocked", block_size=512)
+    g = mmdflow.witness_grad(x, x, y, k, sums=mmdflow.ops.SumConfig("blocked", block_size=512))
     print(
         f"witness gradient: shape {g.shape}, mean |grad| {float(jnp.linalg.norm(g, axis=1).mean()):.4f}"
     )

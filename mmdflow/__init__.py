@@ -1,7 +1,8 @@
 """mmdflow: kernel-discrepancy (MMD / Sobolev) gradient flows in JAX.
 
-Layers (no upward imports): ``kernels`` -> ``ops`` -> ``mmd`` (MMD^2, witness), ``sobolev``
-(critics), ``sharding`` (the same sums on a mesh) -> ``fields`` (velocity fields) -> ``flows``
+Layers (no upward imports): ``kernels``, ``sharding`` (meshes, sharded point sets) -> ``ops``
+(kernel sums, one device or a mesh, by ``ops.SumConfig``) -> ``mmd`` (MMD^2, witness),
+``sobolev`` (critics) -> ``fields`` (velocity fields) -> ``flows``
 (``ParticleFlow``, the registry ``FLOWS``) -> ``kernelized``, ``critics``, ``train`` (generators)
 -> ``cli``.
 """

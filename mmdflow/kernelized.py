@@ -71,9 +71,10 @@ from jax.scipy.linalg import cho_factor, cho_solve
 
 from mmdflow._checks import check_points
 from mmdflow._linalg import cg, tree_axpy, tree_vdot
+from mmdflow._mesh import _axis_size, _constrain
 from mmdflow.kernels import HIGHEST, Kernel
 from mmdflow.mmd import mmd2
-from mmdflow.ops import check_kernel, kernel_hessian_matvec
+from mmdflow.ops import SumConfig, check_kernel, check_sum_config, kernel_hessian_matvec
 from mmdflow.sobolev import CHOLESKY_MAX_SIZE, cross_hessian_matrix, exact_critic
 
 __all__ = ["direction", "DIRECTIONS", "SOLVERS", "cg", "tree_vdot", "per_sample_tangent_kernel"]
@@ -119,7 +120,7 @@ def direction(
     cg_tol: float = 1e-5,
     cg_maxiter: int = 100,
     solver: str = "auto",
-    impl: str = "auto",
+    sums: SumConfig | None = None,
     v0: Any | None = None,
 ) -> tuple[Any, dict[str, jax.Array]]:
     """Generator velocity ``theta_dot`` (a pytree like ``params``) and diagnostics.
@@ -138,9 +139,14 @@ def direction(
         sample-space systems of ``"param-sobolev"`` / ``"grad-penalty"``.
       solver: for ``"param-sobolev"`` / ``"grad-penalty"``: ``"cholesky"`` (dense
         ``[M d, M d]``), ``"cg"`` (matrix-free) or ``"auto"`` (Cholesky up to
-        :data:`mmdflow.sobolev.CHOLESKY_MAX_SIZE`). ``"kernelized"`` is always CG
-        (``"cholesky"`` would need a ``P x P`` matrix: ValueError).
-      impl: kernel-sum implementation.
+        :data:`mmdflow.sobolev.CHOLESKY_MAX_SIZE`; always CG on a mesh). ``"kernelized"`` is
+        always CG (``"cholesky"`` would need a ``P x P`` matrix: ValueError).
+      sums: how the kernel sums run (:class:`mmdflow.ops.SumConfig`). On a device mesh
+        (``SumConfig(mesh=...)``) the step runs data-parallel: the latent batch is split
+        over the mesh axis when its size divides the batch (``gen_fn`` applied row-wise),
+        every kernel sum is a collective over all generated and target samples, and the
+        parameters stay replicated (``jit`` reduces their cotangents); the result is the
+        one-device direction up to summation order.
       v0: optional warm start of the ``"kernelized"`` CG (a pytree like ``params``, e.g.
         the previous step's ``theta_dot``), rescaled to its best multiple first (see
         :func:`cg`), so the result is a descent direction whatever ``v0`` is. Ignored by
@@ -167,27 +173,32 @@ def direction(
             "`solver='cholesky'` is not available for kind='kernelized' (it would need the "
             "P x P matrix); use 'cg' or 'auto'."
         )
+    sums = check_sum_config("direction", sums)
     y = check_points("y", y)
+    if sums.mesh is not None and hasattr(z, "shape") and jnp.ndim(z) >= 1:
+        if z.shape[0] % _axis_size(sums.mesh, sums.axis) == 0:
+            z = _constrain(z, sums.mesh, sums.axis)
     x, vjp_fn = jax.vjp(lambda p: gen_fn(p, z), params)
     x = check_points("gen_fn(params, z)", x, d=y.shape[1], other="y")
     m, d = x.shape
     # J^* u = -1/2 grad_theta MMD^2 (biased, fixed target batch): the MMD^2 gradient in the
     # samples pulled back through the generator's VJP (no second generator pass)
-    loss, gx = jax.value_and_grad(lambda xv: mmd2(xv, y, k, impl=impl))(x)
+    loss, gx = jax.value_and_grad(lambda xv: mmd2(xv, y, k, sums=sums))(x)
     jtu = vjp_fn(-0.5 * gx)[0]
     nan = jnp.asarray(jnp.nan, x.dtype)
     info = {"mmd2": loss, "grad_norm": jnp.sqrt(tree_vdot(jtu, jtu)), "critic": nan}
     info["cg_iterations"] = jnp.zeros((), jnp.int32)
     info["cg_residual"] = jnp.zeros((), x.dtype)
     xs = jax.lax.stop_gradient(x)
-    dense = solver == "cholesky" or (solver == "auto" and m * d <= CHOLESKY_MAX_SIZE)
+    small = m * d <= CHOLESKY_MAX_SIZE and sums.mesh is None
+    dense = solver == "cholesky" or (solver == "auto" and small)
     if kind == "mmd-gd":
         v = jtu
     elif kind == "kernelized":
 
         def kmv(vec):
             _, t = jax.jvp(lambda p: gen_fn(p, z), (params,), (vec,))
-            s = kernel_hessian_matvec(k, xs, xs, t, impl=impl) / (m * m)
+            s = kernel_hessian_matvec(k, xs, xs, t, sums=sums) / (m * m)
             return tree_axpy(reg, vec, vjp_fn(s)[0])
 
         v, it, res = cg(kmv, jtu, tol=cg_tol, maxiter=cg_maxiter, x0=v0)
@@ -217,10 +228,10 @@ def direction(
             a = a / m + reg * jnp.eye(m * d, dtype=a.dtype)
             w = cho_solve(cho_factor(a), rhs.reshape(m * d)).reshape(m, d)
         else:
-            mv = lambda w: reg * w + smul(kernel_hessian_matvec(k, xs, xs, smul(w), impl=impl)) / m
+            mv = lambda w: reg * w + smul(kernel_hessian_matvec(k, xs, xs, smul(w), sums=sums)) / m
             w, it, res = cg(mv, rhs, tol=cg_tol, maxiter=cg_maxiter)
             info["cg_iterations"], info["cg_residual"] = it, res
-        zeta = (c - kernel_hessian_matvec(k, xs, xs, smul(w), impl=impl) / m) / reg
+        zeta = (c - kernel_hessian_matvec(k, xs, xs, smul(w), sums=sums) / m) / reg
         v = vjp_fn(zeta / m)[0]
         # <u, (D + reg)^-1 u> = (|u|^2 - <S c, w> / M) / reg (push-through)
         info["critic"] = (loss - jnp.sum(rhs * w) / m) / reg
@@ -233,7 +244,7 @@ def direction(
             solver="cholesky" if dense else "cg",
             cg_tol=cg_tol,
             cg_maxiter=cg_maxiter,
-            impl=impl,
+            sums=sums,
             mmd2=loss,
         )
         v = vjp_fn(c.grad_at_x / m)[0]

@@ -33,8 +33,9 @@ import jax
 import jax.numpy as jnp
 
 from mmdflow._checks import check_points, normalized_weights
+from mmdflow._mesh import points_and_weights
 from mmdflow.kernels import Kernel, _pytree, _Squared
-from mmdflow.ops import DEFAULT_BLOCK_SIZE, check_kernel, kernel_grad_matvec, kernel_matvec
+from mmdflow.ops import SumConfig, check_kernel, kernel_grad_matvec, kernel_matvec
 
 __all__ = ["mmd2", "mmd2_variance", "witness", "witness_grad", "ESTIMATORS"]
 
@@ -56,8 +57,7 @@ def mmd2(
     estimator: str = "biased",
     wx: jax.Array | None = None,
     wy: jax.Array | None = None,
-    impl: str = "auto",
-    block_size: int | tuple[int, int] = DEFAULT_BLOCK_SIZE,
+    sums: SumConfig | None = None,
 ) -> jax.Array:
     """Squared maximum mean discrepancy between the samples ``x`` and ``y``.
 
@@ -78,8 +78,8 @@ def mmd2(
       estimator: one of ``"biased"``, ``"unbiased"``, ``"linear"``.
       wx: optional ``[n]`` non-negative weights of ``x``.
       wy: optional ``[m]`` non-negative weights of ``y``.
-      impl: kernel-sum implementation (see :mod:`mmdflow.ops`).
-      block_size: tile size for the blocked implementation.
+      sums: how the kernel sums run (:class:`mmdflow.ops.SumConfig`: implementation, tiles,
+        device mesh).
 
     Returns:
       Scalar MMD^2 estimate.
@@ -88,6 +88,8 @@ def mmd2(
     if estimator not in ESTIMATORS:
         raise ValueError(f"`estimator` must be one of {ESTIMATORS}; got {estimator!r}.")
     min_n = 1 if estimator == "biased" else 2
+    x, wx = points_and_weights("x", x, wx, "wx")
+    y, wy = points_and_weights("y", y, wy, "wy")
     x, y = _points(x, y, min_n=min_n)
     n, m = x.shape[0], y.shape[0]
     if estimator == "linear":
@@ -101,7 +103,7 @@ def mmd2(
 
     a = normalized_weights("wx", wx, n, "x", x.dtype)
     b = normalized_weights("wy", wy, m, "y", x.dtype)
-    kw = dict(impl=impl, block_size=block_size)
+    kw = dict(sums=sums)
     txx = jnp.dot(a, kernel_matvec(k, x, x, a, **kw))
     tyy = jnp.dot(b, kernel_matvec(k, y, y, b, **kw))
     txy = jnp.dot(a, kernel_matvec(k, x, y, b, **kw))
@@ -118,8 +120,7 @@ def mmd2_variance(
     y: jax.Array,
     k: Kernel,
     *,
-    impl: str = "auto",
-    block_size: int | tuple[int, int] = DEFAULT_BLOCK_SIZE,
+    sums: SumConfig | None = None,
 ) -> jax.Array:
     """Unbiased estimate of the variance of the MMD^2 U-statistic (test power, t-ratio).
 
@@ -141,8 +142,7 @@ def mmd2_variance(
       x: ``[n, d]`` samples.
       y: ``[n, d]`` samples (paired with ``x`` by index).
       k: kernel.
-      impl: kernel-sum implementation.
-      block_size: tile size for the blocked implementation.
+      sums: how the kernel sums run (:class:`mmdflow.ops.SumConfig`).
 
     Returns:
       Scalar variance estimate. Needs ``n >= 4``.
@@ -157,7 +157,7 @@ def mmd2_variance(
     n = x.shape[0]
     h = _PairH(k, x.shape[1])
     z = jnp.concatenate([x, y], axis=1)
-    kw = dict(impl=impl, block_size=block_size)
+    kw = dict(sums=sums)
     ones = jnp.ones((n,), z.dtype)
     hd = h.diag(z)
     r = kernel_matvec(h, z, z, ones, **kw) - hd  # off-diagonal row sums
@@ -187,6 +187,9 @@ class _PairH(Kernel):
 
 
 def _witness_args(z, x, y, wx, wy):
+    z, _ = points_and_weights("z", z, None, "")
+    x, wx = points_and_weights("x", x, wx, "wx")
+    y, wy = points_and_weights("y", y, wy, "wy")
     x, y = _points(x, y)
     z = check_points("z", z, d=x.shape[1], other="x")
     dtype = jnp.result_type(z.dtype, x.dtype)
@@ -204,8 +207,7 @@ def witness(
     *,
     wx: jax.Array | None = None,
     wy: jax.Array | None = None,
-    impl: str = "auto",
-    block_size: int | tuple[int, int] = DEFAULT_BLOCK_SIZE,
+    sums: SumConfig | None = None,
 ) -> jax.Array:
     """MMD witness ``f(z) = mean_j k(z, y_j) - mean_i k(z, x_i)`` (weighted means).
 
@@ -215,14 +217,14 @@ def witness(
       y: ``[m, d]`` target samples.
       k: kernel.
       wx, wy: optional weights of ``x`` and ``y``.
-      impl, block_size: kernel-sum implementation and tile size.
+      sums: how the kernel sums run (:class:`mmdflow.ops.SumConfig`).
 
     Returns:
       ``[nz]`` witness values.
     """
     check_kernel(k)
     z, pts, c = _witness_args(z, x, y, wx, wy)
-    return kernel_matvec(k, z, pts, c, impl=impl, block_size=block_size)
+    return kernel_matvec(k, z, pts, c, sums=sums)
 
 
 def witness_grad(
@@ -233,8 +235,7 @@ def witness_grad(
     *,
     wx: jax.Array | None = None,
     wy: jax.Array | None = None,
-    impl: str = "auto",
-    block_size: int | tuple[int, int] = DEFAULT_BLOCK_SIZE,
+    sums: SumConfig | None = None,
 ) -> jax.Array:
     """Gradient of :func:`witness` in ``z``: ``sum_j b_j grad k(z, y_j) - sum_i a_i grad k(z, x_i)``.
 
@@ -248,12 +249,11 @@ def witness_grad(
       k: kernel.
       wx: optional ``[n]`` non-negative weights of ``x`` (default uniform).
       wy: optional ``[m]`` non-negative weights of ``y`` (default uniform).
-      impl: kernel-sum implementation (see :mod:`mmdflow.ops`).
-      block_size: tile size for the blocked (or fused) implementation.
+      sums: how the kernel sums run (:class:`mmdflow.ops.SumConfig`).
 
     Returns:
       ``[nz, d]`` witness gradients in the promoted floating dtype of the inputs.
     """
     check_kernel(k)
     z, pts, c = _witness_args(z, x, y, wx, wy)
-    return kernel_grad_matvec(k, z, pts, c, impl=impl, block_size=block_size)
+    return kernel_grad_matvec(k, z, pts, c, sums=sums)

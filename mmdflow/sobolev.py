@@ -40,10 +40,11 @@ from jax.scipy.linalg import cho_factor, cho_solve
 
 from mmdflow._checks import check_points, normalized_weights
 from mmdflow._linalg import cg
+from mmdflow._mesh import points_and_weights
 from mmdflow.features import RFF
 from mmdflow.kernels import HIGHEST, FeatureKernel, Kernel, _pytree
 from mmdflow.mmd import witness, witness_grad
-from mmdflow.ops import check_kernel, kernel_hessian_matvec
+from mmdflow.ops import SumConfig, check_kernel, check_sum_config, kernel_hessian_matvec
 
 __all__ = [
     "RFFCritic",
@@ -218,7 +219,8 @@ def rff_solve(rff: RFF, x: jax.Array, a: jax.Array, delta: jax.Array, reg) -> RF
         "grad_at_x",
         "cg_iterations",
         "cg_residual",
-    )
+    ),
+    meta=("sums",),
 )
 class ExactCritic:
     """Exact-kernel Sobolev critic ``f(z) = (witness(z) - sum_j grad_2 k(z, x_j) . e_j) / reg``."""
@@ -235,9 +237,10 @@ class ExactCritic:
     grad_at_x: jax.Array  # [n, d], the velocity at the particles
     cg_iterations: jax.Array | None = None  # CG iterations (0 for Cholesky)
     cg_residual: jax.Array | None = None  # CG's final relative residual (0 for Cholesky)
+    sums: SumConfig | None = None  # how value / grad run their kernel sums
 
     def value(self, z: jax.Array) -> jax.Array:
-        wit = witness(z, self.x, self.y, self.kernel, wx=self.a, wy=self.b)
+        wit = witness(z, self.x, self.y, self.kernel, wx=self.a, wy=self.b, sums=self.sums)
         corr = jax.vmap(
             lambda zi: jnp.sum(
                 jax.vmap(lambda xj, ej: jax.jvp(lambda v: self.kernel(zi, v), (xj,), (ej,))[1])(
@@ -248,8 +251,9 @@ class ExactCritic:
         return (wit - corr) / self.reg
 
     def grad(self, z: jax.Array) -> jax.Array:
-        g = witness_grad(z, self.x, self.y, self.kernel, wx=self.a, wy=self.b)
-        return (g - kernel_hessian_matvec(self.kernel, z, self.x, self.e)) / self.reg
+        k, s = self.kernel, self.sums
+        g = witness_grad(z, self.x, self.y, k, wx=self.a, wy=self.b, sums=s)
+        return (g - kernel_hessian_matvec(k, z, self.x, self.e, sums=s)) / self.reg
 
 
 def cross_hessian_matrix(k: Kernel, x: jax.Array) -> jax.Array:
@@ -281,7 +285,7 @@ def exact_critic(
     solver: str = "auto",
     cg_tol: float = 1e-6,
     cg_maxiter: int = 200,
-    impl: str = "auto",
+    sums: SumConfig | None = None,
     mmd2: jax.Array | None = None,
 ) -> ExactCritic:
     """Regularized Sobolev critic with the exact kernel (derivative features at the particles).
@@ -293,9 +297,12 @@ def exact_critic(
       reg: ridge ``lambda > 0``.
       wx, wy: optional particle / target weights.
       solver: ``"cholesky"`` (dense ``[n d, n d]`` system), ``"cg"`` (matrix-free,
-        blocked Hessian matvecs) or ``"auto"`` (Cholesky up to ``CHOLESKY_MAX_SIZE``).
+        blocked Hessian matvecs) or ``"auto"`` (Cholesky up to ``CHOLESKY_MAX_SIZE``; always
+        CG on a mesh).
       cg_tol, cg_maxiter: CG stopping rule.
-      impl: kernel-sum implementation for the matrix-free parts.
+      sums: how the kernel sums run (:class:`mmdflow.ops.SumConfig`). On a mesh ``x`` and
+        ``y`` may be :class:`~mmdflow.sharding.ShardedPoints` (their weights are used; the
+        critic's ``x``, ``a``, ``e``, ``grad_at_x`` then have the padded rows).
       mmd2: optional precomputed biased MMD^2 ``|delta|^2`` of the same points and
         weights (e.g. the loss the caller already evaluated); skips the two witness
         passes that would compute it. Not checked: a wrong value gives a wrong
@@ -308,6 +315,9 @@ def exact_critic(
     check_kernel(k)
     if solver not in SOLVERS:
         raise ValueError(f"`solver` must be one of {SOLVERS}; got {solver!r}.")
+    sums = check_sum_config("exact_critic", sums)
+    x, wx = points_and_weights("x", x, wx, "wx")
+    y, wy = points_and_weights("y", y, wy, "wy")
     x, y, a, b = _inputs(x, y, wx, wy)
     n, d = x.shape
     if mmd2 is not None:
@@ -315,8 +325,9 @@ def exact_critic(
         if mmd2.shape != ():
             raise ValueError(f"`mmd2` must be a scalar; got shape {tuple(mmd2.shape)}.")
     if solver == "auto":
-        solver = "cholesky" if n * d <= CHOLESKY_MAX_SIZE else "cg"
-    g = witness_grad(x, x, y, k, wx=a, wy=b, impl=impl)  # grad of <delta, phi(.)> at particles
+        small = n * d <= CHOLESKY_MAX_SIZE and sums.mesh is None
+        solver = "cholesky" if small else "cg"
+    g = witness_grad(x, x, y, k, wx=a, wy=b, sums=sums)  # grad of <delta, phi(.)> at particles
     sa = jnp.sqrt(a)
     rhs = sa[:, None] * g
     if solver == "cholesky":
@@ -331,18 +342,18 @@ def exact_critic(
 
         def matvec(c):
             return (
-                sa[:, None] * kernel_hessian_matvec(k, x, x, sa[:, None] * c, impl=impl) + reg * c
+                sa[:, None] * kernel_hessian_matvec(k, x, x, sa[:, None] * c, sums=sums) + reg * c
             )
 
         c, it, res = cg(matvec, rhs, tol=cg_tol, maxiter=cg_maxiter)
         e = sa[:, None] * c
-        hm = kernel_hessian_matvec(k, x, x, e, impl=impl)
+        hm = kernel_hessian_matvec(k, x, x, e, sums=sums)
     if mmd2 is None:
         # |delta|^2 (biased MMD^2 in the kernel's RKHS): b.K_yy.b + a.K_xx.a - 2 a.K_xy.b.
         # It is not a function of the derivative features used above (the component of
         # delta orthogonal to them is invisible to the solve), so it takes kernel values.
-        wit_y = witness(y, x, y, k, wx=a, wy=b, impl=impl)
-        wit_x = witness(x, x, y, k, wx=a, wy=b, impl=impl)
+        wit_y = witness(y, x, y, k, wx=a, wy=b, sums=sums)
+        wit_x = witness(x, x, y, k, wx=a, wy=b, sums=sums)
         mmd2 = jnp.dot(b, wit_y) - jnp.dot(a, wit_x)
     disc = (mmd2 - jnp.sum(rhs * c)) / reg
     grad_x = (g - hm) / reg
@@ -359,4 +370,5 @@ def exact_critic(
         grad_at_x=grad_x,
         cg_iterations=it,
         cg_residual=res,
+        sums=sums,
     )

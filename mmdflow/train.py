@@ -44,7 +44,7 @@ from mmdflow.critics import Critic
 from mmdflow.kernelized import DIRECTIONS, SOLVERS, direction
 from mmdflow.kernels import Kernel
 from mmdflow.mmd import mmd2
-from mmdflow.ops import check_kernel, kernel_matvec
+from mmdflow.ops import SumConfig, check_kernel, check_sum_config, kernel_matvec
 
 #: :meth:`GeneratorTrainer.fit` stops when a held-out MMD^2 exceeds this multiple of the
 #: history's first one. Measured with the CLI defaults (every direction on 8gaussians and
@@ -154,10 +154,9 @@ class GeneratorTrainer:
         ``"param-sobolev"`` / ``"grad-penalty"`` (``"auto"``: Cholesky up to
         ``mmdflow.sobolev.CHOLESKY_MAX_SIZE``). Must be ``"auto"``/``"cg"`` otherwise.
       latent_dim: overrides ``generator.latent_dim``.
-      direction_fn: the direction function, called like :func:`mmdflow.kernelized.direction`
-        (default that one); e.g. ``mmdflow.sharding.direction_fn(mesh)`` runs each step
-        data-parallel over a device mesh (latent and target batches sharded, CG reductions
-        as collectives).
+      sums: how the direction's kernel sums run (:class:`mmdflow.ops.SumConfig`); e.g.
+        ``SumConfig(mesh=sharding.make_mesh())`` runs each step data-parallel over a device
+        mesh (latent batch sharded, kernel sums as collectives).
     """
 
     generator: nnx.Module
@@ -170,11 +169,12 @@ class GeneratorTrainer:
     cg_maxiter: int = 20
     solver: str = "auto"
     latent_dim: int | None = None
-    direction_fn: Callable | None = None
+    sums: SumConfig | None = None
     critic: Critic | None = None
 
     def __post_init__(self):
         check_kernel(self.kernel)
+        check_sum_config("GeneratorTrainer", self.sums)
         if self.critic is not None and not isinstance(self.critic, Critic):
             raise ValueError(
                 f"`critic` must be an mmdflow.critics.Critic or None; got "
@@ -249,7 +249,7 @@ class GeneratorTrainer:
             kernel = self.critic.kernel(critic[0])
             extra = {"critic_mmd2": aux["mmd2"], "critic_penalty": aux["penalty"]}
         z, y = self._batch(kz, ky, y_data)
-        v, info = (self.direction_fn or direction)(
+        v, info = direction(
             self.gen_fn,
             state.params,
             z,
@@ -260,6 +260,7 @@ class GeneratorTrainer:
             cg_tol=self.cg_tol,
             cg_maxiter=self.cg_maxiter,
             solver=self.solver,
+            sums=self.sums,
         )
         grads = jax.tree.map(jnp.negative, v)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)

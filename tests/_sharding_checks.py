@@ -66,17 +66,18 @@ noise = lambda c: 0.3 * 0.5 ** c
 # single-device references (dense kernel sums), computed once
 @jax.jit
 def references(x, y, wx, wy, W, xe, ye):
-    ref = {"matvec": ops.kernel_matvec(k, x, y, wy, impl="dense"),
-           "grad_matvec": ops.kernel_grad_matvec(k, x, y, W, impl="dense"),
-           "mmd2_points": mmdflow.mmd2(x, y, k, wx=wx, wy=wy, impl="dense"),
-           "witness_grad_even": mmdflow.witness_grad(xe, xe, ye, k, impl="dense"),
-           "witness_grad_points": mmdflow.witness_grad(x, x, y, k, wx=wx, wy=wy, impl="dense"),
-           "witness_points": mmdflow.witness(x, x, y, k, wx=wx, wy=wy, impl="dense"),
-           "mmd2_even": mmdflow.mmd2(xe, ye, k, impl="dense")}
+    ref = {"matvec": ops.kernel_matvec(k, x, y, wy, sums=ops.SumConfig("dense")),
+           "grad_matvec": ops.kernel_grad_matvec(k, x, y, W, sums=ops.SumConfig("dense")),
+           "mmd2_points": mmdflow.mmd2(x, y, k, wx=wx, wy=wy, sums=ops.SumConfig("dense")),
+           "witness_grad_even": mmdflow.witness_grad(xe, xe, ye, k, sums=ops.SumConfig("dense")),
+           "witness_grad_points": mmdflow.witness_grad(x, x, y, k, wx=wx, wy=wy, sums=ops.SumConfig("dense")),
+           "witness_points": mmdflow.witness(x, x, y, k, wx=wx, wy=wy, sums=ops.SumConfig("dense")),
+           "mmd2_even": mmdflow.mmd2(xe, ye, k, sums=ops.SumConfig("dense")),
+           "mmd2_linear": mmdflow.mmd2(x, y, k, estimator="linear")}
     for est in ("biased", "unbiased"):
-        ref["mmd2_" + est] = mmdflow.mmd2(x, y, k, estimator=est, wx=wx, wy=wy, impl="dense")
+        ref["mmd2_" + est] = mmdflow.mmd2(x, y, k, estimator=est, wx=wx, wy=wy, sums=ops.SumConfig("dense"))
     f0 = lambda x, y, wx, h: mmdflow.mmd2(x, y, kernels.Gaussian(h), estimator="unbiased",
-                                          wx=wx, impl="dense")
+                                          wx=wx, sums=ops.SumConfig("dense"))
     ref["grad"] = jax.grad(f0, argnums=(0, 1, 2, 3))(x, y, wx, 0.9)
     return ref
 
@@ -84,32 +85,33 @@ def references(x, y, wx, wy, W, xe, ye):
 ref = references(x, y, wx, wy, W, xe, ye)
 uf = flows.make("mmd", k, step_size=0.5, noise_level=noise)
 s0, h0 = flows.run(uf, x, y, num_steps=4, key=jax.random.key(3), record_every=4)
-for st in S.STRATEGIES:
+for st in ops.STRATEGIES:
     r = {}
+    cfg = ops.SumConfig(mesh=mesh, strategy=st, block_size=bs)
     # kernel sums: plain uneven arrays (output [n]) ...
-    r["matvec"] = rel(S.sharded_kernel_matvec(k, x, y, wy, mesh, strategy=st, block_size=bs),
-                      ref["matvec"])
+    r["matvec"] = rel(ops.kernel_matvec(k, x, y, wy, sums=cfg), ref["matvec"])
     # ... and ShardedPoints (padded output, sharded), with [m, 2] weights
-    g = S.sharded_kernel_grad_matvec(k, xs, ys, W, mesh, strategy=st, block_size=bs)
+    g = ops.kernel_grad_matvec(k, xs, ys, W, sums=cfg)
     r["grad_matvec"] = rel(xs.unpad(g), ref["grad_matvec"])
     r["grad_matvec_spec"] = spec(g)
     for est in ("biased", "unbiased"):
-        v = S.sharded_mmd2(x, y, k, mesh, estimator=est, wx=wx, wy=wy, strategy=st, block_size=bs)
+        v = mmdflow.mmd2(x, y, k, estimator=est, wx=wx, wy=wy, sums=cfg)
         r["mmd2_" + est] = rel(v, ref["mmd2_" + est])
-    r["mmd2_points"] = rel(S.sharded_mmd2(xs, ys, k, mesh, strategy=st, block_size=bs),
-                           ref["mmd2_points"])
+    r["mmd2_points"] = rel(mmdflow.mmd2(xs, ys, k, sums=cfg), ref["mmd2_points"])
+    r["mmd2_linear"] = rel(mmdflow.mmd2(x, y, k, estimator="linear", sums=cfg),
+                           ref["mmd2_linear"])
     # witness gradient: even sizes keep the [n, d] output sharded P("data")
-    g = S.sharded_witness_grad(xe, xe, ye, k, mesh, strategy=st, block_size=bs)
+    g = mmdflow.witness_grad(xe, xe, ye, k, sums=cfg)
     r["witness_grad_even"] = rel(g, ref["witness_grad_even"])
     r["witness_grad_even_spec"] = spec(g)
-    g = S.sharded_witness_grad(xs, xs, ys, k, mesh, strategy=st, block_size=bs)
+    g = mmdflow.witness_grad(xs, xs, ys, k, sums=cfg)
     r["witness_grad_points"] = rel(xs.unpad(g), ref["witness_grad_points"])
     r["witness_grad_points_spec"] = spec(g)
-    v = S.sharded_witness(xs, xs, ys, k, mesh, strategy=st, block_size=bs)
+    v = mmdflow.witness(xs, xs, ys, k, sums=cfg)
     r["witness_points"] = rel(xs.unpad(v), ref["witness_points"])
     # reverse mode: x, y, weights and the bandwidth (ring: custom_vjp)
-    f1 = lambda x, y, wx, h: S.sharded_mmd2(x, y, kernels.Gaussian(h), mesh, estimator="unbiased",
-                                            wx=wx, strategy=st, block_size=bs)
+    f1 = lambda x, y, wx, h: mmdflow.mmd2(x, y, kernels.Gaussian(h), estimator="unbiased",
+                                          wx=wx, sums=cfg)
     g1 = jax.jit(jax.grad(f1, argnums=(0, 1, 2, 3)))(x, y, wx, 0.9)
     r["grad_mmd2_x"], r["grad_mmd2_y"], r["grad_mmd2_wx"], r["grad_mmd2_bw"] = [
         rel(a, b) for a, b in zip(g1, ref["grad"])]
@@ -125,8 +127,8 @@ for st in S.STRATEGIES:
 
 # a mesh with the Explicit axis type (the jax.make_mesh default), uneven sizes
 emesh = jax.make_mesh((8,), ("data",))
-out["explicit_mmd2"] = rel(S.sharded_mmd2(x, y, k, emesh, wx=wx, wy=wy, block_size=bs),
-                           ref["mmd2_points"])
+ecfg = ops.SumConfig(mesh=emesh, block_size=bs)
+out["explicit_mmd2"] = rel(mmdflow.mmd2(x, y, k, wx=wx, wy=wy, sums=ecfg), ref["mmd2_points"])
 # random-feature Sobolev descent on sharded inputs (GSPMD propagation, flows unchanged)
 sh = NamedSharding(mesh, P("data"))
 sd = flows.make("sobolev", k, step_size=0.5, reg=0.1, num_features=64)
@@ -136,16 +138,17 @@ s0 = steps(sd.init(xe, jax.random.key(1)), ye)
 out["sobolev_rff"] = rel(s1.x, s0.x)
 out["sobolev_rff_spec"] = spec(s1.x)
 # negative control: the mean of per-device MMD^2s is a different number
-shards = jax.jit(jax.vmap(lambda a, b: mmdflow.mmd2(a, b, k, impl="dense")))
+shards = jax.jit(jax.vmap(lambda a, b: mmdflow.mmd2(a, b, k, sums=ops.SumConfig("dense"))))
 per = shards(xe.reshape(8, 125, 2), ye.reshape(8, 64, 2))
 out["per_device_mean_rel"] = float(abs(np.mean(per) - ref["mmd2_even"]) / ref["mmd2_even"])
-out["mmd2_even"] = rel(S.sharded_mmd2(xe, ye, k, mesh, block_size=bs), ref["mmd2_even"])
+out["mmd2_even"] = rel(mmdflow.mmd2(xe, ye, k, sums=ops.SumConfig(mesh=mesh, block_size=bs)),
+                      ref["mmd2_even"])
 
 # exact-kernel Sobolev descent (sharded CG critic) vs the single-device CG stepper
 xs_, ys_, ws_ = x[:203], y[:150], wx[:203]  # uneven
 u = flows.make("sobolev", k, step_size=0.5, reg=0.1, solver="cg", cg_tol=1e-10)
 s0, h0 = flows.run(u, xs_, ys_, num_steps=3, key=jax.random.key(3), record_every=3, wx=ws_)
-for st in S.STRATEGIES:
+for st in ops.STRATEGIES:
     sd = flows.make("sobolev", k, step_size=0.5, reg=0.1, cg_tol=1e-10, mesh=mesh,
                     sums=ops.SumConfig(strategy=st, block_size=bs))
     s1, h1 = flows.run(sd, xs_, ys_, num_steps=3, key=jax.random.key(3), record_every=3, wx=ws_)
@@ -202,10 +205,13 @@ def tree_rel(a, b):
     return max(rel(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-for kind, sts in (("kernelized", S.STRATEGIES), ("mmd-gd", ("ring",)), ("grad-penalty", ("ring",))):
+import functools
+for kind, sts in (("kernelized", ops.STRATEGIES), ("mmd-gd", ("ring",)),
+                  ("grad-penalty", ("ring",)), ("param-sobolev", ("allgather",))):
     v0, i0, p0 = jax.jit(lambda p: gen_step(kernelized.direction, p, kind))(params)
     for st in sts:
-        fn = S.direction_fn(mesh, strategy=st, block_size=8)
+        gcfg = ops.SumConfig(mesh=mesh, strategy=st, block_size=8)
+        fn = functools.partial(kernelized.direction, sums=gcfg)
         v1, i1, p1 = jax.jit(lambda p: gen_step(fn, p, kind))(params)
         keys = ("mmd2", "grad_norm", "velocity_norm", "decrease_rate")
         keys += ("critic",) if kind != "mmd-gd" else ()
@@ -214,18 +220,19 @@ for kind, sts in (("kernelized", S.STRATEGIES), ("mmd-gd", ("ring",)), ("grad-pe
                                    "cg_iterations": [int(i0["cg_iterations"]),
                                                      int(i1["cg_iterations"])]}
 
-# warm-started, truncated CG, and the trainer itself with the sharded drop-in as its
-# `direction_fn` (its jitted step then runs data-parallel)
+# warm-started, truncated CG, and the trainer itself on the mesh (`sums`: its jitted step
+# then runs data-parallel)
 vw = jax.tree.map(lambda t: 0.5 * t, v0)
 dk = dict(kind="kernelized", cg_tol=1e-10, cg_maxiter=3, v0=vw)
 w0, _ = jax.jit(lambda p: kernelized.direction(gen_fn, p, zb, yb, k, 0.05, **dk))(params)
-w1, _ = jax.jit(lambda p: S.sharded_direction(gen_fn, p, zb, yb, k, 0.05, mesh=mesh, **dk))(params)
+mcfg = ops.SumConfig(mesh=mesh, strategy="ring", block_size=8)
+w1, _ = jax.jit(lambda p: kernelized.direction(gen_fn, p, zb, yb, k, 0.05, sums=mcfg, **dk))(params)
 out["gen_warm_start"] = tree_rel(w1, w0)
 nnx.update(gen, params)  # float64 parameters
 tr = train.GeneratorTrainer(gen, optax.sgd(0.5), k, reg=0.05, batch_size=100)
 t0, _ = tr.step(tr.step(tr.init(jax.random.key(0)), yb)[0], yb)
 tr = train.GeneratorTrainer(gen, optax.sgd(0.5), k, reg=0.05, batch_size=100,
-                           direction_fn=S.direction_fn(mesh, strategy="ring", block_size=8))
+                           sums=mcfg)
 t1, _ = tr.step(tr.step(tr.init(jax.random.key(0)), yb)[0], yb)
 out["gen_trainer"] = tree_rel(t1.params, t0.params)
 

@@ -57,17 +57,17 @@ def test_coincident_points_match_numpy_float64_at_every_d(name, d, dtype):
         "ijd,j->id", ref_grad_x(name, x, x, p), a
     )
     for impl in ("dense", "blocked", "pallas"):
-        bs = dict(block_size=(8, 8)) if impl == "blocked" else {}  # several tiles, padding
+        cfg = ops.SumConfig(impl, (8, 8) if impl == "blocked" else None)  # several tiles, padding
 
         # the four ops in one jitted program: one compilation per path instead of four
         # (CI time; each op's result is still checked on its own)
         @jax.jit
-        def sums(xs, ys, ws, wxs, impl=impl, bs=bs):
+        def sums(xs, ys, ws, wxs, cfg=cfg):
             return (
-                ops.kernel_matvec(k, xs, ys, ws, impl=impl, **bs),
-                ops.kernel_grad_matvec(k, xs, ys, ws, impl=impl, **bs),
-                mmdflow.mmd2(xs, ys, k, wx=wxs, wy=ws, impl=impl, **bs),
-                mmdflow.witness_grad(xs, xs, ys, k, wx=wxs, wy=ws, impl=impl, **bs),
+                ops.kernel_matvec(k, xs, ys, ws, sums=cfg),
+                ops.kernel_grad_matvec(k, xs, ys, ws, sums=cfg),
+                mmdflow.mmd2(xs, ys, k, wx=wxs, wy=ws, sums=cfg),
+                mmdflow.witness_grad(xs, xs, ys, k, wx=wxs, wy=ws, sums=cfg),
             )
 
         mv, gmv, got, wg = sums(xs, ys, ws, wxs)

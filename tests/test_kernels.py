@@ -49,8 +49,8 @@ def test_no_nan_gradient_at_coincident_points(k):
     x = jnp.array([[0.3, -0.2], [1.0, 2.0]])
     g = jax.grad(lambda x: jnp.sum(ops.gram(k, x, x)))(x)
     assert np.all(np.isfinite(g))
-    gb = ops.kernel_grad_matvec(k, x, x, jnp.ones(2), impl="blocked")
-    gd = ops.kernel_grad_matvec(k, x, x, jnp.ones(2), impl="dense")
+    gb = ops.kernel_grad_matvec(k, x, x, jnp.ones(2), sums=ops.SumConfig("blocked"))
+    gd = ops.kernel_grad_matvec(k, x, x, jnp.ones(2), sums=ops.SumConfig("dense"))
     assert np.all(np.isfinite(gb)) and np.all(np.isfinite(gd))
     np.testing.assert_allclose(gb, gd, rtol=1e-10, atol=1e-12)
 
@@ -75,7 +75,7 @@ def test_hess_block_matches_numpy_float64(name, d, rng):
     args = (k, jnp.asarray(x), jnp.asarray(y), jnp.asarray(e))
     fns = {
         "hess_block": lambda k, *a: k.hess_block(*a),
-        "blocked": lambda k, *a: ops.kernel_hessian_matvec(k, *a, impl="blocked", block_size=3),
+        "blocked": lambda k, *a: ops.kernel_hessian_matvec(k, *a, sums=ops.SumConfig("blocked", 3)),
         # the generic autodiff form (coincident points included; cusp kernels give 0 there)
         "generic": lambda k, *a: kernels.Kernel.hess_block(k, *a),
     }
@@ -204,7 +204,7 @@ def test_bandwidth_gradient_matches_finite_differences(rng):
     y = jnp.asarray(rng.normal(size=(15, 2)) + 0.5)
 
     def f(bw, impl):
-        return mmdflow.mmd2(x, y, kernels.Gaussian(bw), impl=impl, block_size=8)
+        return mmdflow.mmd2(x, y, kernels.Gaussian(bw), sums=ops.SumConfig(impl, 8))
 
     for impl in ("dense", "blocked"):
         g = jax.grad(f)(0.8, impl)
@@ -286,13 +286,17 @@ def test_invalid_traced_hyperparameters_give_nan(name, make, bad, rng):
         impls.append("pallas")
     for impl in impls:
         fns = {
-            "matvec": lambda p, impl=impl: ops.kernel_matvec(make(p), x, y, w, impl=impl),
-            "grad": lambda p, impl=impl: ops.kernel_grad_matvec(make(p), x, y, w, impl=impl),
-            "mmd2": lambda p, impl=impl: mmdflow.mmd2(x, y, make(p), impl=impl),
+            "matvec": lambda p, impl=impl: ops.kernel_matvec(
+                make(p), x, y, w, sums=ops.SumConfig(impl)
+            ),
+            "grad": lambda p, impl=impl: ops.kernel_grad_matvec(
+                make(p), x, y, w, sums=ops.SumConfig(impl)
+            ),
+            "mmd2": lambda p, impl=impl: mmdflow.mmd2(x, y, make(p), sums=ops.SumConfig(impl)),
         }
         if impl != "pallas":
             fns["hess"] = lambda p, impl=impl: ops.kernel_hessian_matvec(
-                make(p), x, y, e, impl=impl
+                make(p), x, y, e, sums=ops.SumConfig(impl)
             )
             fns["gram"] = lambda p: make(p).gram_block(jnp.asarray(x), jnp.asarray(y))
         # all ops of one impl in one jitted program (one compilation, CI time): traced
@@ -307,7 +311,7 @@ def test_invalid_traced_hyperparameters_give_nan(name, make, bad, rng):
             np.testing.assert_allclose(goods[fname], concrete[fname], rtol=1e-12, atol=1e-14)
     if name in ("gaussian", "laplace", "rq_bw", "scaled"):
         # gradients in a valid traced hyperparameter stay finite (the guard is where(ok, p, nan))
-        gfn = jax.grad(lambda p: mmdflow.mmd2(x, y, make(p), impl="blocked"))
+        gfn = jax.grad(lambda p: mmdflow.mmd2(x, y, make(p), sums=ops.SumConfig("blocked")))
         assert np.isfinite(jax.jit(gfn)(good))
 
 

@@ -47,7 +47,7 @@ def test_kernel_sums_equal_the_base_kernel_on_precomputed_features(case, impl):
     fx, jx = _np_feat(p, x)
     fy, jy = _np_feat(p, y)
     kxy, r = _np_gauss(fx, fy)
-    kw = {"impl": impl, "block_size": (4, 4)} if impl != "dense" else {"impl": impl}
+    kw = {"sums": ops.SumConfig(impl, (4, 4) if impl != "dense" else None)}
     w2 = np.stack([w, -2 * w], 1)  # k = 2 sums at once
 
     @jax.jit
@@ -132,11 +132,13 @@ def test_features_are_computed_once_per_point_set_not_per_tile(case):
 
     kc = kernels.FeatureKernel(k.base, feat, k.params)
     # 7 x 9 points in 2 x 3 tiles: 12 tiles; phi runs once on x and once on y
-    out = ops.kernel_matvec(kc, x, y, w, impl="blocked", block_size=(4, 3))
+    out = ops.kernel_matvec(kc, x, y, w, sums=ops.SumConfig("blocked", (4, 3)))
     jax.block_until_ready(out)
     assert len(calls) == 2
     calls.clear()
-    jax.block_until_ready(ops.kernel_grad_matvec(kc, x, y, w, impl="blocked", block_size=(4, 3)))
+    jax.block_until_ready(
+        ops.kernel_grad_matvec(kc, x, y, w, sums=ops.SumConfig("blocked", (4, 3)))
+    )
     assert len(calls) <= 3  # phi(x) with its VJP, phi(y)
 
 

@@ -10,7 +10,7 @@ from _refs import mmd2 as ref_mmd2
 from jax.test_util import check_grads
 
 import mmdflow
-from mmdflow import kernels
+from mmdflow import kernels, ops
 
 CASES = [
     ("gaussian", kernels.Gaussian(0.8), {"bw": 0.8}),
@@ -36,7 +36,7 @@ def test_mmd2_matches_numpy(name, k, p, impl, estimator, weighted, rng):
         ref_gram(name, x, x, p), ref_gram(name, y, y, p), ref_gram(name, x, y, p), a, b, estimator
     )
     kw = dict(wx=a, wy=b) if weighted else {}
-    got = mmdflow.mmd2(x, y, k, estimator=estimator, impl=impl, block_size=8, **kw)
+    got = mmdflow.mmd2(x, y, k, estimator=estimator, sums=ops.SumConfig(impl, 8), **kw)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
@@ -122,7 +122,7 @@ def _variance_ref(x, y, p):
 @pytest.mark.parametrize("impl", ["dense", "blocked"])
 def test_mmd2_variance_matches_brute_force(impl, rng):
     x, y = _data(rng, n=9, m=9)
-    got = mmdflow.mmd2_variance(x, y, kernels.Gaussian(0.8), impl=impl, block_size=4)
+    got = mmdflow.mmd2_variance(x, y, kernels.Gaussian(0.8), sums=ops.SumConfig(impl, 4))
     np.testing.assert_allclose(got, _variance_ref(x, y, {"bw": 0.8}), rtol=1e-9)
 
 
@@ -154,7 +154,7 @@ def test_witness_and_gradient_match_numpy(name, k, p, impl, rng):
     a = rng.uniform(0.1, 1, size=len(x))
     b = rng.uniform(0.1, 1, size=len(y))
     an, bn = a / a.sum(), b / b.sum()
-    kw = dict(impl=impl, block_size=5)
+    kw = dict(sums=ops.SumConfig(impl, 5))
     want = ref_gram(name, z, y, p) @ bn - ref_gram(name, z, x, p) @ an
     np.testing.assert_allclose(
         mmdflow.witness(z, x, y, k, wx=a, wy=b, **kw), want, rtol=1e-10, atol=1e-12
@@ -177,7 +177,7 @@ def test_particles_descend_along_witness_gradient(rng):
     g = jax.grad(lambda x: mmdflow.mmd2(x, y, k))(jnp.asarray(x))
     np.testing.assert_allclose(g, -2.0 / n * mmdflow.witness_grad(x, x, y, k), rtol=1e-10)
     check_grads(
-        jax.jit(lambda x: mmdflow.mmd2(x, y, k, impl="blocked", block_size=16)),
+        jax.jit(lambda x: mmdflow.mmd2(x, y, k, sums=ops.SumConfig("blocked", 16))),
         (jnp.asarray(x),),
         1,
     )
@@ -190,7 +190,7 @@ def test_particles_descend_along_witness_gradient(rng):
 def test_gradients_wrt_points_weights_and_bandwidth(impl, rng):
     x, y = _data(rng, n=9, m=7)
     a = rng.uniform(0.2, 1, size=9)
-    kw = dict(impl=impl, block_size=4)
+    kw = dict(sums=ops.SumConfig(impl, 4))
     for est in ("biased", "unbiased"):
         f = lambda x, y, a, bw: mmdflow.mmd2(x, y, kernels.Gaussian(bw), estimator=est, wx=a, **kw)
         check_grads(jax.jit(f), (x, y, a, 0.9), order=1, modes=["rev"])

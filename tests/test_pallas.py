@@ -1,4 +1,4 @@
-"""Fused Pallas kernel sums (impl="pallas"), run in interpret mode on CPU.
+"""Fused Pallas kernel sums (``ops.SumConfig("pallas")``), run in interpret mode on CPU.
 
 Values and reverse-mode derivatives (points, weights, kernel hyperparameters) against the
 float64 NumPy references of ``_refs`` (hyperparameter derivatives by central differences of
@@ -24,7 +24,7 @@ from mmdflow import fused, kernels, ops
 
 RADIAL = ["gaussian", "mixture", "imq", "laplace", "rq", "energy"]
 BS = (16, 16)  # small tiles: several programs and loop steps at these sizes
-PALLAS = dict(impl="pallas", block_size=BS)
+PALLAS = dict(sums=ops.SumConfig("pallas", BS))
 
 
 def _ref_params(name, leaves):
@@ -104,8 +104,8 @@ def test_float32_accuracy_vs_float64(d, shift, n, rng):
     bw = float(np.sqrt(d))
     k = kernels.Gaussian(bw)
     p = {"bw": bw}
-    mv = ops.kernel_matvec(k, x, y, w, impl="pallas", block_size=32)
-    gmv = ops.kernel_grad_matvec(k, x, y, w, impl="pallas", block_size=32)
+    mv = ops.kernel_matvec(k, x, y, w, sums=ops.SumConfig("pallas", 32))
+    gmv = ops.kernel_grad_matvec(k, x, y, w, sums=ops.SumConfig("pallas", 32))
     assert mv.dtype == jnp.float32 and gmv.dtype == jnp.float32
     w64 = w.astype(np.float64)
     assert _rel(mv, ref_gram("gaussian", x, y, p) @ w64) <= 1e-5
@@ -231,7 +231,7 @@ def test_auto_picks_blocked_off_gpu_and_pallas_on_gpu(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     # off by default until the fused kernels have been validated on a real GPU
     assert ops.resolve_impl("auto", 100, 100, g, jnp.float32) == "blocked"
-    monkeypatch.setattr(ops, "AUTO_PALLAS_ON_GPU", True)
+    monkeypatch.setattr(ops._local, "AUTO_PALLAS_ON_GPU", True)
     assert ops.resolve_impl("auto", 100, 100, g, jnp.float32) == "pallas"
     assert ops.resolve_impl("auto", 100, 100, kernels.MixtureRBF((1.0, 2.0)), jnp.bfloat16) == (
         "pallas"
@@ -239,7 +239,7 @@ def test_auto_picks_blocked_off_gpu_and_pallas_on_gpu(monkeypatch):
     assert ops.resolve_impl("auto", 100, 100, g, jnp.float64) == "blocked"
     assert ops.resolve_impl("auto", 100, 100, g + g, jnp.float32) == "blocked"
     assert ops.resolve_impl("auto", 100, 100, kernels.Polynomial(2), jnp.float32) == "blocked"
-    monkeypatch.setattr(ops, "AUTO_PALLAS_ON_GPU", False)
+    monkeypatch.setattr(ops._local, "AUTO_PALLAS_ON_GPU", False)
     assert ops.resolve_impl("auto", 100, 100, g, jnp.float32) == "blocked"
 
 
@@ -262,9 +262,9 @@ class _Custom(kernels.Kernel):
 def test_unsupported_kernels_raise_clear_errors(k):
     x = jnp.zeros((4, 2))
     with pytest.raises(ValueError, match="impl='pallas'.*impl='blocked'"):
-        ops.kernel_matvec(k, x, x, jnp.ones(4), impl="pallas")
+        ops.kernel_matvec(k, x, x, jnp.ones(4), sums=ops.SumConfig("pallas"))
     with pytest.raises(ValueError, match="impl='pallas'"):
-        ops.kernel_grad_matvec(k, x, x, jnp.ones(4), impl="pallas")
+        ops.kernel_grad_matvec(k, x, x, jnp.ones(4), sums=ops.SumConfig("pallas"))
     assert not fused.supports(k)
     # "auto" still works (blocked)
     assert ops.kernel_matvec(k, x, x, jnp.ones(4)).shape == (4,)

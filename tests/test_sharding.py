@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from _scripts import load_benchmark
 
-from mmdflow import kernels, sharding
+import mmdflow
+from mmdflow import kernels, ops, sharding
 
 NUM_DEVICES = _sharding_checks.NUM_DEVICES
 RTOL = 1e-10  # float64; observed errors are ~1e-15 (summation order only)
@@ -42,7 +43,7 @@ def test_shard_points_pads_explicitly(results):
     assert sp == {"rows": 1008, "n": 1003, "spec": DATA_SPEC, "pad_weight": 0.0}
 
 
-@pytest.mark.parametrize("strategy", sharding.STRATEGIES)
+@pytest.mark.parametrize("strategy", ops.STRATEGIES)
 @pytest.mark.parametrize(
     "check",
     [
@@ -51,6 +52,7 @@ def test_shard_points_pads_explicitly(results):
         "mmd2_biased",
         "mmd2_unbiased",
         "mmd2_points",
+        "mmd2_linear",
         "witness_grad_even",
         "witness_grad_points",
         "witness_points",
@@ -60,19 +62,19 @@ def test_sharded_values_equal_single_device(results, strategy, check):
     assert results[strategy][check] < RTOL
 
 
-@pytest.mark.parametrize("strategy", sharding.STRATEGIES)
+@pytest.mark.parametrize("strategy", ops.STRATEGIES)
 @pytest.mark.parametrize("check", ["grad_matvec", "witness_grad_even", "witness_grad_points"])
 def test_outputs_stay_sharded(results, strategy, check):
     assert results[strategy][check + "_spec"] == DATA_SPEC
 
 
-@pytest.mark.parametrize("strategy", sharding.STRATEGIES)
+@pytest.mark.parametrize("strategy", ops.STRATEGIES)
 @pytest.mark.parametrize("wrt", ["x", "y", "wx", "bw"])
 def test_gradient_of_sharded_mmd2(results, strategy, wrt):
     assert results[strategy]["grad_mmd2_" + wrt] < RTOL
 
 
-@pytest.mark.parametrize("strategy", sharding.STRATEGIES)
+@pytest.mark.parametrize("strategy", ops.STRATEGIES)
 def test_sharded_mmd_flow_matches_unsharded(results, strategy):
     r = results[strategy]
     assert r["flow_particles"] < RTOL
@@ -87,7 +89,7 @@ def test_explicit_mesh_and_sobolev_descent(results):
     assert results["sobolev_rff_spec"] == DATA_SPEC
 
 
-@pytest.mark.parametrize("strategy", sharding.STRATEGIES)
+@pytest.mark.parametrize("strategy", ops.STRATEGIES)
 def test_sharded_exact_sobolev_descent_matches_unsharded(results, strategy):
     assert results[strategy]["sobolev_exact"] < 1e-6
     assert results[strategy]["sobolev_exact_spec"] == DATA_SPEC
@@ -105,14 +107,20 @@ def test_sharded_stepper_random_features(results):
 
 @pytest.mark.parametrize(
     "case",
-    ["kernelized_allgather", "kernelized_ring", "mmd-gd_ring", "grad-penalty_ring"],
+    [
+        "kernelized_allgather",
+        "kernelized_ring",
+        "mmd-gd_ring",
+        "grad-penalty_ring",
+        "param-sobolev_allgather",
+    ],
 )
 def test_data_parallel_generator_step_matches_single_device(results, case):
     r = results["gen_" + case]
     assert r["direction"] < 1e-6 and r["params"] < 1e-6 and r["info"] < 1e-6
     if case.startswith("kernelized"):
         assert r["cg_iterations"][0] == r["cg_iterations"][1] > 1
-    elif case.startswith("grad-penalty"):  # Cholesky on one device, CG when sharded
+    elif case.startswith(("grad-penalty", "param-sobolev")):  # Cholesky on one device, CG sharded
         assert r["cg_iterations"][0] == 0 and r["cg_iterations"][1] > 1
     else:
         assert r["cg_iterations"] == [0, 0]
@@ -143,40 +151,33 @@ def test_argument_validation():
     mesh = sharding.make_mesh(1)
     k = kernels.Gaussian(1.0)
     x = np.zeros((4, 2))
+    on_mesh = ops.SumConfig(mesh=mesh)
     with pytest.raises(ValueError, match="strategy"):
-        sharding.sharded_mmd2(x, x, k, mesh, strategy="tree")
+        ops.SumConfig(mesh=mesh, strategy="tree")
     with pytest.raises(ValueError, match="no axis named"):
-        sharding.sharded_witness(x, x, x, k, mesh, axis="batch")
-    with pytest.raises(ValueError, match="estimator"):
-        sharding.sharded_mmd2(x, x, k, mesh, estimator="linear")
+        ops.SumConfig(mesh=mesh, axis="batch")
     with pytest.raises(ValueError, match="num_devices"):
         sharding.make_mesh(jax.device_count() + 1)
+    with pytest.raises(ValueError, match=r"`sums` must be an ops.SumConfig"):
+        mmdflow.mmd2(x, x, k, sums="ring")
     sp = sharding.shard_points(x, mesh)
     with pytest.raises(ValueError, match="ShardedPoints"):
-        sharding.sharded_mmd2(sp, x, k, mesh, wx=np.ones(4))
+        mmdflow.mmd2(sp, x, k, wx=np.ones(4), sums=on_mesh)
     with pytest.raises(ValueError, match="d=3"):
-        sharding.sharded_kernel_matvec(k, x, np.zeros((4, 3)), np.ones(4), mesh)
+        ops.kernel_matvec(k, x, np.zeros((4, 3)), np.ones(4), sums=on_mesh)
     with pytest.raises(ValueError, match="`w` must have shape"):
-        sharding.sharded_kernel_matvec(k, x, x, np.ones(5), mesh)
+        ops.kernel_matvec(k, x, x, np.ones(5), sums=on_mesh)
     # flows on a mesh and generator directions
-    from mmdflow import flows, ops
+    from mmdflow import flows, kernelized
 
     with pytest.raises(ValueError, match="axis"):
         flows.make("mmd", k, mesh=mesh, axis="model")
-    with pytest.raises(ValueError, match="strategy"):
-        ops.SumConfig(strategy="tree")
     with pytest.raises(ValueError, match="cholesky"):
         flows.make("sobolev", k, solver="cholesky", mesh=mesh)
-    with pytest.raises(ValueError, match="strategy"):
-        sharding.direction_fn(mesh, strategy="tree")
     gen = lambda p, z: z @ p
     w = np.eye(2)
-    with pytest.raises(ValueError, match="kind"):
-        sharding.sharded_direction(gen, w, x, x, k, mesh=mesh, kind="param-sobolev")
-    with pytest.raises(ValueError, match="solver"):
-        sharding.sharded_direction(gen, w, x, x, k, mesh=mesh, solver="cholesky")
-    with pytest.raises(ValueError, match=r"gen_fn\(params, z\).*\[4, 3\]"):
-        sharding.sharded_direction(gen, w, x, np.zeros((4, 3)), k, mesh=mesh)
+    with pytest.raises(ValueError, match=r"gen_fn\(params, z\)"):
+        kernelized.direction(gen, w, x, np.zeros((4, 3)), k, sums=on_mesh)
 
 
 # ---------------------------------------------------------------- benchmark script

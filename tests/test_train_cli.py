@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from mmdflow import _checkpoint, cli, sharding, train
+from mmdflow import _checkpoint, cli, train
+from mmdflow.cli import _flow as cli_flow
 from mmdflow.cli._inputs import _fmt_change
 from mmdflow.cli._rundir import MARKER, read_marker
 
@@ -75,8 +76,8 @@ def test_train_devices_runs_the_sharded_step(tmp_path, monkeypatch):
     # single-device samples (truncated CG is too sensitive to summation order for this)
     args = [*ARGS, "--steps", "2", "--eval-every", "2"]
     calls = []
-    real = sharding.direction_fn
-    monkeypatch.setattr(sharding, "direction_fn", lambda mesh: calls.append(mesh) or real(mesh))
+    real = cli_flow._make_mesh
+    monkeypatch.setattr(cli_flow, "_make_mesh", lambda num: calls.append(real(num)) or calls[-1])
     runs = {}
     for direction in ("mmd-gd",):
         for dv in ([], ["--devices", "1"]):

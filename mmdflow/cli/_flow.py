@@ -151,8 +151,8 @@ def _check_options(args) -> None:
         raise CLIError(f"--num-features does not apply to --method {args.method}")
     if args.devices is not None and args.impl != "auto":
         raise CLIError(
-            f"--impl {args.impl} applies without --devices (the sharded flows use their own "
-            "blocked kernel sums)"
+            f"--impl {args.impl} applies without --devices (on a mesh the local kernel sums "
+            "are blocked)"
         )
 
 
@@ -292,7 +292,7 @@ def _cmd_flow(args) -> int:
             history=history,
             record_every=record_every,
             record_trajectory=True,
-            impl=args.impl,
+            sums=ops.SumConfig(args.impl, mesh=mesh),
             callback=lambda step, rec: last.update(rec),
             on_chunk=on_chunk,
         )

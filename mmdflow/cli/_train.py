@@ -146,8 +146,8 @@ def add_parser(sub) -> None:
         type=_int_at_least(1),
         default=None,
         metavar="N",
-        help="data-parallel over the first N devices: latent and target batches sharded, CG "
-        "reductions as collectives (kernelized, grad-penalty, mmd-gd; default: one device)",
+        help="data-parallel over the first N devices: latent batches sharded, kernel sums "
+        "as collectives (every --direction, --critic fixed; default: one device)",
     )
     t.add_argument("--eval-every", type=_int_at_least(1), default=50, help="default 50")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -188,14 +188,12 @@ def _build(args, y_train, bandwidth):
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer][args.direction]
     kw = {} if args.cg_maxiter is None else {"cg_maxiter": args.cg_maxiter}
     if args.devices is not None:
-        from mmdflow import sharding
+        from mmdflow import ops
         from mmdflow.cli._flow import _make_mesh
 
-        if args.direction == "param-sobolev":
-            raise CLIError("--devices applies to kernelized, grad-penalty and mmd-gd only")
         if args.critic != "fixed":
             raise CLIError("--devices applies to --critic fixed only")
-        kw["direction_fn"] = sharding.direction_fn(_make_mesh(args.devices))
+        kw["sums"] = ops.SumConfig(mesh=_make_mesh(args.devices))
     if args.critic != "fixed":
         kw["critic"] = _critic(args, d, nnx.Rngs(args.seed + 1))
     schedule = lr

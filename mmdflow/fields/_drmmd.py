@@ -78,8 +78,7 @@ class DrMMDField:
         ``lambda_{t+1} = reg * sqrt(D_t / D_0)``, so the regularization shrinks as the flow
         converges.
       cg_tol, cg_maxiter: CG stopping rule for ``alpha`` (relative residual).
-      sums: how the kernel sums run (:class:`mmdflow.ops.SumConfig`; on a mesh ``jit``
-        partitions them).
+      sums: how the kernel sums run (:class:`mmdflow.ops.SumConfig`; on a mesh, collectives).
     """
 
     kernel: Kernel
@@ -144,14 +143,14 @@ class DrMMDField:
                 f"DrMMDField: the state was initialised for {extra.alpha.shape[0]} targets but "
                 f"`y` has shape {tuple(y.shape)}."
             )
-        k, opts = self.kernel, self.sums.local
-        wit_y = witness(y, x, y, k, wx=wx, wy=b, **opts)  # (mu_P - mu_Q)(Y) = -g(Y)
-        wit_x = witness(x, x, y, k, wx=wx, wy=b, **opts)
+        k, sums = self.kernel, self.sums
+        wit_y = witness(y, x, y, k, wx=wx, wy=b, sums=sums)  # (mu_P - mu_Q)(Y) = -g(Y)
+        wit_x = witness(x, x, y, k, wx=wx, wy=b, sums=sums)
         mmd2 = jnp.dot(b, wit_y) - jnp.dot(wx, wit_x)
         s = jnp.sqrt(b)
 
         def matvec(u):
-            return s * kernel_matvec(k, y, y, s * u, **opts) + lam * u
+            return s * kernel_matvec(k, y, y, s * u, sums=sums) + lam * u
 
         # warm start: beta = alpha / s on the targets with weight (zero where s = 0)
         beta0 = jnp.where(s > 0, extra.alpha / jnp.where(s > 0, s, 1.0), 0.0) if warm else None
@@ -161,8 +160,8 @@ class DrMMDField:
             extra = extra._replace(alpha=alpha.astype(extra.alpha.dtype))
 
         def fn(z):
-            v = witness_grad(z, x, y, k, wx=wx, wy=b, **opts)
-            return v + kernel_grad_matvec(k, z, y, alpha, **opts)
+            v = witness_grad(z, x, y, k, wx=wx, wy=b, sums=sums)
+            return v + kernel_grad_matvec(k, z, y, alpha, sums=sums)
 
         drmmd = (1.0 + lam) / lam * (mmd2 + jnp.dot(wit_y, alpha))
         if self.adaptive:

@@ -11,7 +11,6 @@ from mmdflow.fields._base import Velocity
 from mmdflow.kernels import Kernel
 from mmdflow.mmd import witness_grad
 from mmdflow.ops import SumConfig, check_kernel, check_sum_config
-from mmdflow.sharding._mmd import _witness_padded
 
 #: :meth:`MMDField.defaults_for` (``mmdflow flow``): the step is this times ``bandwidth**2``
 #: (the witness gradient scales like ``1 / bandwidth``, its Jacobian like
@@ -54,9 +53,5 @@ class MMDField:
         return None
 
     def fit(self, x, wx, y, wy, extra, key, count) -> tuple[Velocity, Any, dict]:
-        s, k = self.sums, self.kernel
-        if s.mesh is not None:  # padded, sharded inputs with normalised weights (ParticleFlow)
-            fn = lambda z: _witness_padded("grad", k, z, x, y, wx, wy, *s.collective)
-        else:
-            fn = lambda z: witness_grad(z, x, y, k, wx=wx, wy=wy, **s.local)
+        fn = lambda z: witness_grad(z, x, y, self.kernel, wx=wx, wy=wy, sums=self.sums)
         return Velocity(None, fn), extra, {}

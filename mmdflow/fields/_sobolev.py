@@ -19,7 +19,6 @@ from mmdflow.features import RFF
 from mmdflow.fields._base import Velocity, schedule_value
 from mmdflow.kernels import Kernel, _pytree
 from mmdflow.ops import SumConfig, check_kernel, check_sum_config
-from mmdflow.sharding._sobolev import _exact_critic_padded
 from mmdflow.sobolev import SOLVERS, compute_dtype, exact_critic, rff_embedding, rff_solve
 
 #: :meth:`SobolevField.defaults_for` (``mmdflow flow``): the exact kernel critic when
@@ -175,12 +174,6 @@ class SobolevField:
         with the features in ``extra`` (the target embedding cached there).
         """
         reg = schedule_value(self.reg, count)
-        s = self.sums
-        if self.num_features is None and s.mesh is not None:  # padded, sharded, normalised
-            c = _exact_critic_padded(
-                self.kernel, x, y, wx, wy, reg, *s.collective, self.cg_tol, self.cg_maxiter
-            )
-            return c, extra
         if self.num_features is None:
             c = exact_critic(
                 self.kernel,
@@ -192,7 +185,7 @@ class SobolevField:
                 solver=self.solver,
                 cg_tol=self.cg_tol,
                 cg_maxiter=self.cg_maxiter,
-                impl=s.impl,
+                sums=self.sums,
             )
             return c, extra
         x = check_points("x", x)

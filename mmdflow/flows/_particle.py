@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmdflow._checks import check_hyper, check_points, concrete_array, normalized_weights
+from mmdflow._mesh import _axis_size, _constrain, _pad_to
 from mmdflow.fields import Velocity, VelocityField, schedule_value
 from mmdflow.flows._state import FlowState, _cap_rows, _init_state, _kinetic
-from mmdflow.sharding._mesh import _axis_size, _constrain, _pad_to
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["extra"], meta_fields=["n"])

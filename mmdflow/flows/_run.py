@@ -95,7 +95,7 @@ def _chunk_fn(stepper, check_finite: bool):
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled(stepper, kmmd: Kernel, impl: str, check_finite: bool):
+def _compiled(stepper, kmmd: Kernel, sums: SumConfig | None, check_finite: bool):
     """The jitted chunk, MMD^2 (a density flow's KSD^2) and ``E k(y, y')`` functions of a
     run (cached across runs)."""
 
@@ -103,13 +103,13 @@ def _compiled(stepper, kmmd: Kernel, impl: str, check_finite: bool):
     @jax.jit
     def measure(x, wx, yy, wyy):
         if is_density_flow(stepper):
-            return ksd2(x, stepper.field.logp, kmmd, wx=wx, sums=SumConfig(impl=impl))
-        return mmd2(x, yy, kmmd, wx=wx, wy=wyy, impl=impl)
+            return ksd2(x, stepper.field.logp, kmmd, wx=wx, sums=sums)
+        return mmd2(x, yy, kmmd, wx=wx, wy=wyy, sums=sums)
 
     @jax.jit
     def escape_level(yy, wyy):  # MMD^2 of particles gone far away: E k(y, y') + E k(x, x')
         b = normalized_weights("wy", wyy, yy.shape[0], "y", yy.dtype)
-        return jnp.dot(b, kernel_matvec(kmmd, yy, yy, b, impl=impl))
+        return jnp.dot(b, kernel_matvec(kmmd, yy, yy, b, sums=sums))
 
     return _chunk_fn(stepper, check_finite), measure, escape_level
 
@@ -174,7 +174,7 @@ def run(
     mmd_kernel: Kernel | None = None,
     record_trajectory: bool = False,
     callback: Callable[[int, dict], None] | None = None,
-    impl: str = "auto",
+    sums: SumConfig | None = None,
     state: FlowState | None = None,
     history: Mapping[str, Any] | None = None,
     on_chunk: Callable[[int, FlowState, Callable[[], History]], None] | None = None,
@@ -221,7 +221,7 @@ def run(
       mmd_kernel: kernel for the recorded MMD^2 (a density flow's KSD^2: its base kernel).
       record_trajectory: also return the particles at every record, ``[R, n, d]``.
       callback: called as ``callback(step, record)`` after each record (progress bars).
-      impl: kernel-sum implementation for the recorded MMD^2.
+      sums: how the recorded MMD^2's kernel sums run (:class:`mmdflow.ops.SumConfig`).
       state: continue from this state (e.g. a previous run's final state or a
         checkpoint) instead of ``stepper.init(x0, key, wx)``.
       history: the history of the run so far (as returned by ``run``, or given to
@@ -268,10 +268,10 @@ def run(
     kmmd = mmd_kernel if mmd_kernel is not None else stepper.kernel
 
     try:
-        chunk, measure, escape_level = _compiled(stepper, kmmd, impl, divergence_factor is not None)
+        chunk, measure, escape_level = _compiled(stepper, kmmd, sums, divergence_factor is not None)
     except TypeError:  # an unhashable stepper or kernel: compile for this call only
         chunk, measure, escape_level = _compiled.__wrapped__(
-            stepper, kmmd, impl, divergence_factor is not None
+            stepper, kmmd, sums, divergence_factor is not None
         )
     start = int(state.count)
     t0 = time.perf_counter()

@@ -1,4 +1,8 @@
-"""Meshes, padded sharded point sets and argument handling shared by the sharded ops."""
+"""Meshes and padded, sharded point sets (internal; public names in :mod:`mmdflow.sharding`).
+
+Shared by the collective kernel sums (:mod:`mmdflow.ops`), the estimators that accept a
+:class:`ShardedPoints` and the particle flow on a mesh.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +17,11 @@ from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mmdflow._checks import check_block_size, check_points, check_weights, normalized_weights
-from mmdflow.ops import STRATEGIES, check_kernel
+from mmdflow._checks import check_points, check_weights, normalized_weights
 
 DEFAULT_AXIS = "data"
-_KINDS = ("matvec", "grad", "hess")
+#: collective strategies of kernel sums over point sets sharded on a mesh
+STRATEGIES = ("allgather", "ring")
 
 
 # ---------------------------------------------------------------- mesh and points
@@ -94,7 +98,7 @@ class ShardedPoints:
       points: ``[N, d]`` points, ``N = D ceil(n / D)``; rows ``>= n`` repeat the last
         real point.
       weights: ``[N]`` non-negative relative masses (the user's, or ones), zero on
-        the padding rows. :func:`sharded_mmd2` and the witnesses normalise them.
+        the padding rows. The estimators normalise them.
       n: number of real points (static).
     """
 
@@ -149,14 +153,6 @@ def shard_points(
 
 
 # ---------------------------------------------------------------- argument handling
-def _check_common(k, mesh, axis, strategy, block_size):
-    check_kernel(k)
-    size = _axis_size(mesh, axis)
-    if strategy not in STRATEGIES:
-        raise ValueError(f"`strategy` must be one of {STRATEGIES}; got {strategy!r}.")
-    return size, check_block_size(block_size)
-
-
 def _points_of(name, x, d=None, min_n=1):
     """``(points, weights or None, n, padded?)`` of an array or a :class:`ShardedPoints`."""
     if isinstance(x, ShardedPoints):
@@ -195,3 +191,15 @@ def _finish(out, n, padded, size, mesh, axis):
     if _explicit(mesh, axis):
         out = _constrain(out, mesh, axis, sharded=False)
     return out[:n]
+
+
+def points_and_weights(name: str, x, w, wname: str):
+    """``(points, weights)`` of an array (``w`` as given) or a :class:`ShardedPoints` (its
+    padded points and weights; ``w`` must then be ``None``)."""
+    if isinstance(x, ShardedPoints):
+        if w is not None:
+            raise ValueError(
+                f"`{wname}` must be None when `{name}` is a ShardedPoints (its weights are used)."
+            )
+        return x.points, x.weights
+    return x, w

@@ -1,4 +1,5 @@
-"""Sharded kernel sums: all-gather and ``ppermute`` ring bodies, the ring's custom VJP."""
+"""Kernel sums over point sets sharded on a mesh: all-gather and ``ppermute`` ring bodies,
+the ring's custom VJP (see :mod:`mmdflow.ops` and :mod:`mmdflow.sharding`)."""
 
 from __future__ import annotations
 
@@ -8,28 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from mmdflow._checks import check_points, check_weights
-from mmdflow.kernels import Kernel
-from mmdflow.ops import (
-    DEFAULT_BLOCK_SIZE,
-    kernel_grad_matvec,
-    kernel_hessian_matvec,
-    kernel_matvec,
-)
-from mmdflow.sharding._mesh import (
-    DEFAULT_AXIS,
-    ShardedPoints,
-    _axis_size,
-    _check_common,
-    _constrain,
-    _finish,
-    _mask,
-    _pad_to,
-    _points_of,
-)
+from mmdflow._mesh import _axis_size, _constrain, _finish, _mask, _pad_to, _points_of
+from mmdflow.ops._local import kernel_grad_matvec, kernel_hessian_matvec, kernel_matvec
 
 
 # ---------------------------------------------------------------- local tile sums
@@ -204,30 +188,14 @@ def _sharded_sum(kind, k, xp, ys, ws, mesh, axis, strategy, block_size):
     return _constrain(out, mesh, axis)
 
 
-def _body_sum(kind, kl, treedef, xl, ys, ws, axis, size, strategy, block_size):
-    """The local rows of a sharded sum, called *inside* a ``shard_map`` over ``axis``.
+# ---------------------------------------------------------------- kernel sums on a mesh
+def kernel_sum(kind, k, x, y, w, sums):
+    """The ``kind`` sum (``"matvec"``, ``"grad"``, ``"hess"``) with ``sums.mesh`` set.
 
-    ``xl`` / ``ys[s]`` / ``ws[s]`` are this device's shards; same communication as
-    :func:`_sharded_sum` (forward only: no custom VJP, so do not differentiate it).
+    ``x`` / ``y``: arrays or :class:`~mmdflow.sharding.ShardedPoints`; ``w``: weights (or the
+    ``e`` vectors of ``"hess"``) of the real ``y`` rows, or of all padded rows.
     """
-    if strategy == "ring" and size > 1:
-        return _ring_fwd_body(kind, treedef, axis, size, block_size)(kl, xl, ys, ws)
-    return _allgather_body(kind, treedef, axis, block_size)(kl, xl, ys, ws)
-
-
-def _psum_dot(a, v, mesh, axis):
-    """``sum_i a[i] v[i]`` (``a`` ``[N]``, ``v`` ``[N]``) as a psum of local dot products."""
-
-    def body(al, vl):
-        return lax.psum(jnp.dot(al, vl), axis)
-
-    a, v = _constrain(a, mesh, axis), _constrain(v, mesh, axis)
-    return jax.shard_map(body, mesh=mesh, in_specs=(P(axis), P(axis)), out_specs=P())(a, v)
-
-
-# ---------------------------------------------------------------- public kernel sums
-def _kernel_sum(kind, k, x, y, w, mesh, strategy, block_size, axis):
-    _, block_size = _check_common(k, mesh, axis, strategy, block_size)
+    mesh, axis, strategy, block_size = sums.mesh, sums.axis, sums.strategy, sums.block_size
     xs, _, nx, xpad = _points_of("x", x)
     ys, _, ny, _ = _points_of("y", y, d=xs.shape[1])
     d = xs.shape[1]
@@ -261,94 +229,3 @@ def _kernel_sum_jit(kind, k, xs, ys, w, mesh, axis, strategy, block_size, nx, ny
     if vec:
         out = out[:, 0]
     return _finish(out, nx, xpad, size, mesh, axis)
-
-
-def sharded_kernel_matvec(
-    k: Kernel,
-    x: jax.Array | ShardedPoints,
-    y: jax.Array | ShardedPoints,
-    w: jax.Array,
-    mesh: Mesh,
-    *,
-    strategy: str = "allgather",
-    block_size: int | tuple[int, int] = DEFAULT_BLOCK_SIZE,
-    axis: str = DEFAULT_AXIS,
-) -> jax.Array:
-    """``out[i] = sum_j w[j] k(x_i, y_j)`` with ``x`` and ``y`` rows sharded over ``axis``.
-
-    Args:
-      k: a kernel.
-      x: ``[n, d]`` query points, or a :class:`ShardedPoints`.
-      y: ``[m, d]`` source points, or a :class:`ShardedPoints` (its weights are not
-        used here; ``w`` is).
-      w: ``[m]`` or ``[m, c]`` weights of the real ``y`` rows (or ``[M]`` / ``[M, c]``
-        for a padded ``y`` of ``M`` rows; padding rows are zeroed).
-      mesh: device mesh with an axis ``axis``.
-      strategy: ``"allgather"`` or ``"ring"`` (see the module docstring).
-      block_size: tile size of the local blocked sums.
-      axis: the mesh axis the sample axis is sharded over.
-
-    Returns:
-      ``[n]`` (or ``[n, c]``), sharded ``P(axis)`` when the mesh axis size divides
-      ``n``; ``[N]`` padded and sharded when ``x`` is a :class:`ShardedPoints`.
-    """
-    return _kernel_sum("matvec", k, x, y, w, mesh, strategy, block_size, axis)
-
-
-def sharded_kernel_grad_matvec(
-    k: Kernel,
-    x: jax.Array | ShardedPoints,
-    y: jax.Array | ShardedPoints,
-    w: jax.Array,
-    mesh: Mesh,
-    *,
-    strategy: str = "allgather",
-    block_size: int | tuple[int, int] = DEFAULT_BLOCK_SIZE,
-    axis: str = DEFAULT_AXIS,
-) -> jax.Array:
-    """``out[i] = sum_j w[j] grad_x k(x_i, y_j)``, sharded like ``x``.
-
-    Args:
-      k: a kernel.
-      x: ``[n, d]`` points (or :class:`ShardedPoints`) where gradients are taken.
-      y: ``[m, d]`` source points (or :class:`ShardedPoints`).
-      w: ``[m]`` or ``[m, c]`` weights (see :func:`sharded_kernel_matvec`).
-      mesh: device mesh.
-      strategy: ``"allgather"`` or ``"ring"``.
-      block_size: tile size of the local blocked sums.
-      axis: mesh axis name.
-
-    Returns:
-      ``[n, d]`` (``[n, c, d]`` for ``[m, c]`` weights); padded rows for
-      :class:`ShardedPoints` queries.
-    """
-    return _kernel_sum("grad", k, x, y, w, mesh, strategy, block_size, axis)
-
-
-def sharded_kernel_hessian_matvec(
-    k: Kernel,
-    x: jax.Array | ShardedPoints,
-    y: jax.Array | ShardedPoints,
-    e: jax.Array,
-    mesh: Mesh,
-    *,
-    strategy: str = "allgather",
-    block_size: int | tuple[int, int] = DEFAULT_BLOCK_SIZE,
-    axis: str = DEFAULT_AXIS,
-) -> jax.Array:
-    """``out[i] = sum_j H(x_i, y_j) e_j`` (cross-Hessian, see :func:`mmdflow.ops.kernel_hessian_matvec`).
-
-    Args:
-      k: a twice-differentiable kernel.
-      x: ``[n, d]`` points (or :class:`ShardedPoints`).
-      y: ``[m, d]`` points (or :class:`ShardedPoints`).
-      e: ``[m, d]`` vectors, one per point of ``y``.
-      mesh: device mesh.
-      strategy: ``"allgather"`` or ``"ring"``.
-      block_size: tile size of the local blocked sums.
-      axis: mesh axis name.
-
-    Returns:
-      ``[n, d]`` (padded rows for :class:`ShardedPoints` queries).
-    """
-    return _kernel_sum("hess", k, x, y, e, mesh, strategy, block_size, axis)

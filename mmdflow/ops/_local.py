@@ -1,56 +1,8 @@
-"""Kernel sums over point sets: ``gram``, ``kernel_matvec``, ``kernel_grad_matvec``.
-
-Each op has these implementations, selected by ``impl``:
-
-* ``"dense"``: the reference. Builds the ``[n, m]`` kernel matrix from the
-  point-wise ``k(x, y)`` (and ``jax.grad`` of it); simple, exact, O(n m) memory.
-* ``"blocked"``: tiles of ``block_size`` rows of ``x`` times ``block_size`` rows of ``y``
-  (an int, or ``(rows, cols)``; the default ``DEFAULT_BLOCK_SIZE`` picks the tiles by
-  backend and distance form, :func:`default_tiles`: on CPU for ``d <= DIRECT_MAX_D`` tiles of
-  about ``CPU_TILE_PAIRS`` pairs, at most ``CPU_UNROLL_COL_BLOCKS`` column blocks, else
-  ``1024 x 1024``); a ``lax.map`` over row blocks, a ``lax.scan`` over column blocks (none when
-  there is one; unrolled on CPU up to ``CPU_UNROLL_COL_BLOCKS`` blocks), with ``jax.checkpoint`` on both levels so that neither
-  the forward pass nor reverse mode ever holds more than one ``[bx, by]`` tile (plus
-  O((n + m) d) carries). Translation-invariant kernels in more than ``DIRECT_MAX_D``
-  dimensions are centred first and use the GEMM distance form at full fp32
-  (``HIGHEST``) precision.
-* ``"pallas"``: fused kernels (:mod:`mmdflow.fused`) for ``kernel_matvec`` and
-  ``kernel_grad_matvec`` with radial kernels (``Gaussian``, ``MixtureRBF``, ``IMQ``, ``Laplace``,
-  ``RationalQuadratic``, ``Energy``): flash-attention-style tiles kept in registers, a
-  ``custom_vjp`` whose backward passes (points, weights and kernel hyperparameters) are fused
-  kernel sums too. On a GPU it compiles with Pallas' Triton backend; elsewhere it runs in Pallas
-  interpret mode (exact but slow: for tests). ``block_size`` is rounded down to a power of two in
-  ``[16, 256]``; the blocked default (``DEFAULT_BLOCK_SIZE``) means the fused default tiles.
-  Other kernels raise ``ValueError``. No forward-mode autodiff (``jvp``/``jacfwd``) through it;
-  ``kernel_hessian_matvec`` has no fused path and uses the blocked one.
-* ``"auto"`` (default): blocked; ``"pallas"`` on a GPU backend for supported kernels and
-  fp32/bf16/fp16 inputs when ``AUTO_PALLAS_ON_GPU`` is set (off until the fused kernels have
-  been validated on a real GPU), otherwise blocked (a single tile,
-  without loops, when both sets fit in one block). Measured on CPU blocked is never slower than
-  dense forward and 7-12x faster in reverse mode (``benchmarks/RESULTS.md``); the dense path is
-  kept as the reference.
-
-Weights ``w`` may be ``[m]`` (a single sum) or ``[m, k]`` (k sums at once). They are plain
-real coefficients, not probability weights: signed, zero and unnormalised ``w`` are valid
-(the witness sums ``w = [wy, -wx]``), so they are not checked for sign or sum.
-
-NaN/inf inputs are not masked: they propagate to every output they touch.
-
-Example:
-  >>> import jax.numpy as jnp
-  >>> from mmdflow import kernels, ops
-  >>> x = jnp.zeros((3, 2)); y = jnp.ones((4, 2)); w = jnp.ones(4)
-  >>> ops.kernel_matvec(kernels.Gaussian(1.0), x, y, w).shape
-  (3,)
-  >>> ops.kernel_grad_matvec(kernels.Gaussian(1.0), x, y, w, impl="blocked", block_size=2).shape
-  (3, 2)
-"""
+"""One-device kernel sums: the dense reference, the blocked path and the fused dispatch."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -59,23 +11,6 @@ from jax import lax
 from mmdflow import fused
 from mmdflow._checks import check_block_size, check_points, check_sum_inputs
 from mmdflow.kernels import DIRECT_MAX_D, HIGHEST, FeatureKernel, Kernel
-
-__all__ = [
-    "gram",
-    "kernel_matvec",
-    "kernel_grad_matvec",
-    "kernel_hessian_matvec",
-    "IMPLS",
-    "STRATEGIES",
-    "SumConfig",
-    "AUTO_DENSE_MAX_PAIRS",
-    "DEFAULT_BLOCK_SIZE",
-    "AUTO_PALLAS_ON_GPU",
-    "CPU_TILE_PAIRS",
-    "CPU_TILE_COLS",
-    "CPU_UNROLL_COL_BLOCKS",
-    "default_tiles",
-]
 
 IMPLS = ("auto", "dense", "blocked", "pallas")
 AUTO_DENSE_MAX_PAIRS = 0  # "auto" uses dense only up to this many pairs
@@ -95,70 +30,6 @@ CPU_TILE_COLS = 16384
 #: (benchmarks/RESULTS.md)
 CPU_UNROLL_COL_BLOCKS = 4
 _AUTO_PALLAS_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-#: collective strategies of kernel sums over point sets sharded on a mesh (:mod:`mmdflow.sharding`)
-STRATEGIES = ("allgather", "ring")
-
-
-@dataclasses.dataclass(frozen=True)
-class SumConfig:
-    """How a flow's kernel sums run: one hashable configuration (part of the jit cache key).
-
-    Attributes:
-      impl: ``"auto"``, ``"dense"``, ``"blocked"`` or ``"pallas"`` (see the module docstring).
-      block_size: tile size ``b`` or ``(rows, cols)``; ``None`` is the tuned default.
-      mesh: ``None``, or a ``jax.sharding.Mesh``: the point sets are padded and sharded
-        along ``axis`` and every sum is a ``shard_map`` collective (:mod:`mmdflow.sharding`;
-        its local sums are blocked, so ``impl`` does not apply). A flow on a mesh
-        (``ParticleFlow(mesh=...)``) sets it in its field.
-      axis: the mesh axis the samples are split over.
-      strategy: ``"allgather"`` (every device briefly holds all of ``y``) or ``"ring"``
-        (``ppermute`` rotations: at most two shards of ``y`` per device, forward and
-        reverse).
-    """
-
-    impl: str = "auto"
-    block_size: int | tuple[int, int] | None = None
-    mesh: Any = None
-    axis: str = "data"
-    strategy: str = "allgather"
-
-    def __post_init__(self):
-        if self.impl not in IMPLS:
-            raise ValueError(f"SumConfig: `impl` must be one of {IMPLS}; got {self.impl!r}.")
-        if self.block_size is not None:
-            check_block_size(self.block_size)
-        if self.strategy not in STRATEGIES:
-            raise ValueError(
-                f"SumConfig: `strategy` must be one of {STRATEGIES}; got {self.strategy!r}."
-            )
-        if self.mesh is not None and self.axis not in self.mesh.axis_names:
-            raise ValueError(
-                f"SumConfig: `axis` {self.axis!r} is not an axis of the mesh "
-                f"{tuple(self.mesh.axis_names)}."
-            )
-
-    @property
-    def tiles(self) -> int | tuple[int, int]:
-        """``block_size``, or the default tile size when it is ``None``."""
-        return DEFAULT_BLOCK_SIZE if self.block_size is None else self.block_size
-
-    @property
-    def local(self) -> dict[str, Any]:
-        """The ``impl`` / ``block_size`` keywords of the one-device sums (:func:`kernel_matvec`,
-        :func:`mmdflow.mmd2`, ...)."""
-        return {"impl": self.impl, "block_size": self.tiles}
-
-    @property
-    def collective(self) -> tuple:
-        """``(mesh, axis, strategy, (rows, cols) tiles)``: the arguments of the sharded sums."""
-        return self.mesh, self.axis, self.strategy, check_block_size(self.tiles)
-
-
-def check_sum_config(owner: str, sums) -> SumConfig:
-    """``sums`` if it is a :class:`SumConfig` (ValueError naming ``owner`` otherwise)."""
-    if not isinstance(sums, SumConfig):
-        raise ValueError(f"{owner}: `sums` must be an ops.SumConfig; got {sums!r}.")
-    return sums
 
 
 def check_kernel(k) -> Kernel:
@@ -190,18 +61,6 @@ def resolve_impl(impl: str, n: int, m: int, k: Kernel | None = None, dtype=None)
     if impl == "pallas" and k is not None:
         fused.check_supported(k)
     return impl
-
-
-def _is_default_block(block_size) -> bool:
-    """Whether ``block_size`` is the default (it then means "tiles chosen for the path")."""
-    return isinstance(block_size, int) and block_size == DEFAULT_BLOCK_SIZE
-
-
-def _fused_blocks(block_size):
-    """``block_size`` for the fused path: the blocked default means the fused default."""
-    if _is_default_block(block_size):
-        return None
-    return block_size
 
 
 def _prepare(k, x, y, w):
@@ -254,7 +113,7 @@ def default_tiles(d: int, n: int, m: int) -> tuple[int, int]:
     most ``CPU_UNROLL_COL_BLOCKS`` column blocks (unrolled), a single tile for up to
     ``CPU_TILE_PAIRS`` pairs. Measured on 2 cores (d = 2, n = m = 65,536): 5x faster forward and
     2.3x faster in reverse mode than a rolled loop over 8192-column blocks. Otherwise (GEMM
-    distance form, GPUs) ``DEFAULT_BLOCK_SIZE`` squared. Read at trace time.
+    distance form, GPUs) ``DEFAULT_BLOCK_SIZE`` squared.
 
     Example:
       >>> from mmdflow import ops
@@ -276,9 +135,7 @@ def _blocked_reduce(tile, x, y, w, block_size, tail):
     """
     n, d = x.shape
     m = w.shape[0]
-    bx, by = check_block_size(block_size)
-    if _is_default_block(block_size):
-        bx, by = default_tiles(d, n, m)
+    bx, by = default_tiles(d, n, m) if block_size is None else check_block_size(block_size)
     bx, by = min(bx, n), min(by, m)
     nbx, nby = math.ceil(n / bx), math.ceil(m / by)
     if nbx == 1 and nby == 1:
@@ -344,7 +201,7 @@ def _blocked_grad_matvec(k, x, y, w, block_size):
     return _blocked_reduce(k.grad_block, x, y, w, block_size, (w.shape[1], x.shape[1]))
 
 
-# ---------------------------------------------------------------- public ops
+# ---------------------------------------------------------------- one-device sums
 def kernel_matvec(
     k: Kernel,
     x: jax.Array,
@@ -352,21 +209,9 @@ def kernel_matvec(
     w: jax.Array,
     *,
     impl: str = "auto",
-    block_size: int | tuple[int, int] = DEFAULT_BLOCK_SIZE,
+    block_size: int | tuple[int, int] | None = None,
 ) -> jax.Array:
-    """``out[i] = sum_j w[j] k(x_i, y_j)``.
-
-    Args:
-      k: a kernel.
-      x: ``[n, d]`` query points.
-      y: ``[m, d]`` source points.
-      w: ``[m]`` or ``[m, k]`` weights.
-      impl: ``"auto"``, ``"dense"``, ``"blocked"`` or ``"pallas"``.
-      block_size: tile size (int, or ``(rows, cols)``) of the blocked (or fused) path.
-
-    Returns:
-      ``[n]`` (or ``[n, k]``) in the promoted floating dtype of the inputs.
-    """
+    """The one-device ``kernel_matvec`` (:mod:`mmdflow.ops`)."""
     x, y, w, vec = _prepare(k, x, y, w)
     if isinstance(k, FeatureKernel):  # features once per point set, then the base kernel
         fx = k.features(x)
@@ -377,7 +222,7 @@ def kernel_matvec(
     if impl == "dense":
         out = _dense_matvec(k, x, y, w)
     elif impl == "pallas":
-        out = fused.kernel_matvec(k, x, y, w, block_size=_fused_blocks(block_size))
+        out = fused.kernel_matvec(k, x, y, w, block_size=block_size)
     else:
         out = _blocked_matvec(k, x, y, w, block_size)
     return out[:, 0] if vec else out
@@ -390,21 +235,9 @@ def kernel_grad_matvec(
     w: jax.Array,
     *,
     impl: str = "auto",
-    block_size: int | tuple[int, int] = DEFAULT_BLOCK_SIZE,
+    block_size: int | tuple[int, int] | None = None,
 ) -> jax.Array:
-    """``out[i] = sum_j w[j] grad_x k(x_i, y_j)`` (gradient in the first argument).
-
-    Args:
-      k: a kernel.
-      x: ``[n, d]`` points where gradients are taken.
-      y: ``[m, d]`` source points.
-      w: ``[m]`` or ``[m, k]`` weights.
-      impl: ``"auto"``, ``"dense"``, ``"blocked"`` or ``"pallas"``.
-      block_size: tile size of the blocked (or fused) path.
-
-    Returns:
-      ``[n, d]`` (or ``[n, k, d]`` for ``[m, k]`` weights).
-    """
+    """The one-device ``kernel_grad_matvec`` (:mod:`mmdflow.ops`)."""
     x, y, w, vec = _prepare(k, x, y, w)
     if isinstance(k, FeatureKernel):  # base-kernel gradients of the features, pulled back
         fx, pull = k.linearize(x)
@@ -415,7 +248,7 @@ def kernel_grad_matvec(
     if impl == "dense":
         out = _dense_grad_matvec(k, x, y, w)
     elif impl == "pallas":
-        out = fused.kernel_grad_matvec(k, x, y, w, block_size=_fused_blocks(block_size))
+        out = fused.kernel_grad_matvec(k, x, y, w, block_size=block_size)
     else:
         out = _blocked_grad_matvec(k, x, y, w, block_size)
     return out[:, 0, :] if vec else out
@@ -428,25 +261,9 @@ def kernel_hessian_matvec(
     e: jax.Array,
     *,
     impl: str = "auto",
-    block_size: int | tuple[int, int] = DEFAULT_BLOCK_SIZE,
+    block_size: int | tuple[int, int] | None = None,
 ) -> jax.Array:
-    """``out[i] = sum_j H(x_i, y_j) e_j`` with the cross-Hessian ``H[a, b] = d^2 k / dx_a dy_b``.
-
-    The derivative-feature Gram matvec behind exact kernel Sobolev descent:
-    ``<d_a phi(x_i), d_b phi(y_j)> = H(x_i, y_j)[a, b]``.
-
-    Args:
-      k: a kernel (twice differentiable).
-      x: ``[n, d]`` points.
-      y: ``[m, d]`` points.
-      e: ``[m, d]`` vectors, one per point of ``y``.
-      impl: ``"auto"``, ``"dense"`` or ``"blocked"`` (``"pallas"``: no fused path here; the
-        blocked one is used).
-      block_size: tile size of the blocked path.
-
-    Returns:
-      ``[n, d]``.
-    """
+    """The one-device ``kernel_hessian_matvec`` (:mod:`mmdflow.ops`)."""
     check_kernel(k)
     x = check_points("x", x)
     y = check_points("y", y, d=x.shape[1])
