@@ -16,7 +16,7 @@ from mmdflow import features, kernelized, kernels, sobolev
 direction = jax.jit(
     kernelized.direction,
     static_argnums=(0,),
-    static_argnames=("kind", "solver", "impl"),  # cg_tol / cg_maxiter traced: fewer compiles
+    static_argnames=("kind", "solver", "sums"),  # cg_tol / cg_maxiter traced: fewer compiles
 )
 
 
