@@ -53,12 +53,12 @@ def ksd2(
     """
     check_kernel(k)
     check_bool("ksd2", "u_statistic", u_statistic)
-    sums = check_sum_config("ksd2", SumConfig() if sums is None else sums)
+    sums = check_sum_config("ksd2", sums)
     x = check_points("x", x)
     w = normalized_weights("wx", wx, x.shape[0], "x", x.dtype)
     z = stein_points(logp, x)
     ks = Stein(k, x.shape[1])
-    v = jnp.dot(w, kernel_matvec(ks, z, z, w, **sums.local))
+    v = jnp.dot(w, kernel_matvec(ks, z, z, w, sums=sums))
     if not u_statistic:
         return v
     diag = jnp.dot(w * w, ks.diag(z))

@@ -133,7 +133,7 @@ def test_stein_kernel_matches_the_numpy_closed_form(d):
         def values(zx, zy, w):
             if d > kernels.DIRECT_MAX_D:  # the GEMM form of the tiles only
                 return (ks.gram_block(zx, zy),)
-            blocked = ops.kernel_matvec(ks, zx, zy, w, impl="blocked", block_size=(4, 2))
+            blocked = ops.kernel_matvec(ks, zx, zy, w, sums=ops.SumConfig("blocked", (4, 2)))
             return ks.gram_block(zx, zy), ks(zx[0], zy[1]), k2.gram_block(zx, zy), blocked
 
         out = values(zx, zy, w)

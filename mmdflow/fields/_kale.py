@@ -96,8 +96,8 @@ class KALEField:
         ``grad D^T H^-1 grad D / 2`` (an estimate of ``D(c) - min D``) is below it.
       newton_maxiter: at most this many Newton steps per flow step.
       cg_tol, cg_maxiter: CG stopping rule (relative residual) of each Newton system.
-      sums: how the kernel sums run (:class:`mmdflow.ops.SumConfig`; on a mesh ``jit``
-        partitions them).
+      sums: how the kernel sums run (:class:`mmdflow.ops.SumConfig`; on a mesh,
+        collectives).
     """
 
     kernel: Kernel
@@ -159,8 +159,8 @@ class KALEField:
                 f"KALEField: the state was initialised for {extra.u.shape[0]} targets but "
                 f"`y` has shape {tuple(y.shape)}."
             )
-        k, opts = self.kernel, self.sums.local
-        mu = kernel_matvec(k, jnp.concatenate([y, x]), x, a, **opts)  # mu_P at Y and X
+        k, sums = self.kernel, self.sums
+        mu = kernel_matvec(k, jnp.concatenate([y, x]), x, a, sums=sums)  # mu_P at Y and X
         mu_y, mu_x = mu[:m], mu[m:]
         pos = b > 0
         b_safe = jnp.where(pos, b, 1.0)
@@ -173,7 +173,7 @@ class KALEField:
             return jnp.sum(jnp.where(pos, c * lr - c, 0.0))
 
         def kyy(w):
-            return kernel_matvec(k, y, y, w, **opts)
+            return kernel_matvec(k, y, y, w, sums=sums)
 
         def newton_step(state):
             c, kc, it, cg_its, _ = state
@@ -234,7 +234,7 @@ class KALEField:
         coef = jnp.concatenate([c, -a]) * ((1 + lam) / lam)
 
         def fn(z):
-            return kernel_grad_matvec(k, z, pts, coef.astype(jnp.result_type(z, dtype)), **opts)
+            return kernel_grad_matvec(k, z, pts, coef.astype(jnp.result_type(z, dtype)), sums=sums)
 
         aux = {
             "critic": kale,

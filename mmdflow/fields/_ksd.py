@@ -52,8 +52,8 @@ class KSDField:
       logp: the target log-density ``[d] -> scalar`` up to a constant (a function or a
         :mod:`mmdflow.densities` object; hashable; twice differentiable).
       kernel: the base kernel (twice differentiable).
-      sums: how the kernel sums run (:class:`mmdflow.ops.SumConfig`; on a mesh ``jit``
-        partitions them).
+      sums: how the kernel sums run (:class:`mmdflow.ops.SumConfig`; on a mesh,
+        collectives).
 
     Example:
       >>> import jax
@@ -96,16 +96,16 @@ class KSDField:
           ``(velocity, extra, aux)``, aux with ``critic``: ``KSD^2`` (V-statistic).
         """
         check_logp(self.logp, x, "KSDField")
-        d, opts = x.shape[1], self.sums.local
+        d, sums = x.shape[1], self.sums
         ks = Stein(self.kernel, d)
         sc = jax.vmap(jax.grad(self.logp))
         zx = jnp.concatenate([x, sc(x).astype(x.dtype)], axis=1)
-        h = kernel_matvec(ks, zx, zx, wx, **opts)  # [n]: sum_j w_j k_p(x_i, x_j)
+        h = kernel_matvec(ks, zx, zx, wx, sums=sums)  # [n]: sum_j w_j k_p(x_i, x_j)
 
         def fn(q):
             s_q, pull = jax.vjp(sc, q)
             zq = jnp.concatenate([q, s_q.astype(q.dtype)], axis=1)
-            g = kernel_grad_matvec(ks, zq, zx, wx, **opts)  # [nq, 2 d]
+            g = kernel_grad_matvec(ks, zq, zx, wx, sums=sums)  # [nq, 2 d]
             return -2.0 * (g[:, :d] + pull(g[:, d:].astype(s_q.dtype))[0].astype(q.dtype))
 
         return Velocity(None, fn), extra, {"critic": jnp.dot(wx, h)}

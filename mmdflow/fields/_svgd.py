@@ -46,7 +46,7 @@ def check_density_field(owner: str, logp, kernel, sums) -> None:
     check_sum_config(owner, sums)
 
 
-def grad_second(k: Kernel, z: jax.Array, x: jax.Array, w: jax.Array, opts: dict) -> jax.Array:
+def grad_second(k: Kernel, z: jax.Array, x: jax.Array, w: jax.Array, sums: SumConfig) -> jax.Array:
     """``out[i] = sum_j w[j] grad_{x_j} k(x_j, z_i)`` (``[nz, d]``): the repulsion of SVGD.
 
     Translation-invariant kernels: ``-kernel_grad_matvec(k, z, x, w)`` (which
@@ -54,8 +54,8 @@ def grad_second(k: Kernel, z: jax.Array, x: jax.Array, w: jax.Array, opts: dict)
     ``kernel_matvec`` per coordinate, moving every ``x_j`` together.
     """
     if k.translation_invariant:
-        return -kernel_grad_matvec(k, z, x, w, **opts)
-    f = lambda xs: kernel_matvec(k, z, xs, w, **opts)
+        return -kernel_grad_matvec(k, z, x, w, sums=sums)
+    f = lambda xs: kernel_matvec(k, z, xs, w, sums=sums)
     d = x.shape[1]
     cols = [jax.jvp(f, (x,), (jnp.zeros_like(x).at[:, a].set(1.0),))[1] for a in range(d)]
     return jnp.stack(cols, axis=-1)
@@ -77,8 +77,8 @@ class SVGDField:
       logp: the target log-density ``[d] -> scalar`` up to a constant (a function or a
         :mod:`mmdflow.densities` object; hashable).
       kernel: the kernel (fixed bandwidth; see :data:`STEP_FACTOR` for the measurements).
-      sums: how the kernel sums run (:class:`mmdflow.ops.SumConfig`; on a mesh ``jit``
-        partitions them).
+      sums: how the kernel sums run (:class:`mmdflow.ops.SumConfig`; on a mesh,
+        collectives).
 
     Example:
       >>> import jax
@@ -116,10 +116,10 @@ class SVGDField:
     def fit(self, x, wx, y, wy, extra, key, count) -> tuple[Velocity, Any, dict]:
         """The SVGD direction fitted on particles ``x`` (weights ``wx``); ``y``, ``wy`` unused."""
         check_logp(self.logp, x, "SVGDField")
-        k, opts = self.kernel, self.sums.local
+        k, sums = self.kernel, self.sums
         ws = wx[:, None] * jax.vmap(jax.grad(self.logp))(x)  # [n, d] weights: w_j s(x_j)
 
         def fn(z):
-            return kernel_matvec(k, z, x, ws, **opts) + grad_second(k, z, x, wx, opts)
+            return kernel_matvec(k, z, x, ws, sums=sums) + grad_second(k, z, x, wx, sums)
 
         return Velocity(None, fn), extra, {}
