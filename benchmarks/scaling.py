@@ -368,7 +368,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="small sizes, 3 repeats (< 1 min)")
     p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--max-devices", type=int, default=8, help="host devices to create (CPU)")
-    p.add_argument("--strategies", nargs="+", default=list(sharding.STRATEGIES))
+    p.add_argument("--strategies", nargs="+", default=list(ops.STRATEGIES))
     p.add_argument("--strong-n", type=int, default=None, help="n = m for strong scaling")
     p.add_argument("--weak-n0", type=int, default=None, help="n = m at D = 1 for weak scaling")
     p.add_argument("--d", type=int, default=2)
@@ -384,9 +384,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=str, default=None)
     args = p.parse_args(argv)
-    bad = [s for s in args.strategies if s not in sharding.STRATEGIES]
+    bad = [s for s in args.strategies if s not in ops.STRATEGIES]
     if bad:
-        p.error(f"unknown strategies {bad}; choose from {sharding.STRATEGIES}")
+        p.error(f"unknown strategies {bad}; choose from {ops.STRATEGIES}")
     args.strong_n = args.strong_n or (2048 if args.quick else 8192)
     args.weak_n0 = args.weak_n0 or (1024 if args.quick else 2048)
     args.repeats = args.repeats or (3 if args.quick else 5)

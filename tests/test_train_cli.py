@@ -58,7 +58,7 @@ def test_train_writes_outputs_and_resumes_exactly(tmp_path, capsys):
         (["--cg-maxiter", "0"], "--cg-maxiter"),
         (["--resume"], "checkpoint"),
         (["--devices", "999"], "--devices 999"),
-        (["--devices", "1", "--direction", "param-sobolev"], "--devices"),
+        (["--devices", "1", "--critic", "mmd-gp"], "--devices"),
     ],
 )
 def test_train_bad_input(tmp_path, capsys, extra, match):
