@@ -203,6 +203,18 @@ def check_positive(cls: str, name: str, v):
         )
 
 
+def check_mass(name, w, n, points):
+    """``w`` (``None`` or ``[n]`` weights) after :func:`normalized_weights`' checks, not
+    normalised: the eager half of an entry point whose jitted core normalises."""
+    if w is None:
+        return None
+    w = check_weights(name, w, n, points)
+    if w.ndim != 1:
+        raise ValueError(f"`{name}` must have shape [{n}]; got shape {tuple(w.shape)}.")
+    check_probability_weights(name, w, points)
+    return w
+
+
 def normalized_weights(name, w, n, points, dtype):
     """Validated probability weights ``[n]`` normalised to sum to 1 (uniform for ``None``).
 
@@ -211,11 +223,7 @@ def normalized_weights(name, w, n, points, dtype):
     """
     if w is None:
         return jnp.full((n,), 1.0 / n, dtype)
-    w = check_weights(name, w, n, points)
-    if w.ndim != 1:
-        raise ValueError(f"`{name}` must have shape [{n}]; got shape {tuple(w.shape)}.")
-    check_probability_weights(name, w, points)
-    w = w.astype(dtype)
+    w = check_mass(name, w, n, points).astype(dtype)
     return w / jnp.sum(w)
 
 

@@ -29,13 +29,15 @@ Example:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
-from mmdflow._checks import check_points, normalized_weights
+from mmdflow._checks import check_mass, check_points, normalized_weights
 from mmdflow._mesh import points_and_weights
 from mmdflow.kernels import Kernel, _pytree, _Squared
-from mmdflow.ops import SumConfig, check_kernel, kernel_grad_matvec, kernel_matvec
+from mmdflow.ops import SumConfig, check_kernel, check_sum_config, kernel_grad_matvec, kernel_matvec
 
 __all__ = ["mmd2", "mmd2_variance", "witness", "witness_grad", "ESTIMATORS"]
 
@@ -87,26 +89,33 @@ def mmd2(
     check_kernel(k)
     if estimator not in ESTIMATORS:
         raise ValueError(f"`estimator` must be one of {ESTIMATORS}; got {estimator!r}.")
+    sums = check_sum_config("mmd2", sums)
     min_n = 1 if estimator == "biased" else 2
     x, wx = points_and_weights("x", x, wx, "wx")
     y, wy = points_and_weights("y", y, wy, "wy")
     x, y = _points(x, y, min_n=min_n)
+    if estimator == "linear" and (wx is not None or wy is not None):
+        raise ValueError("the 'linear' estimator does not take weights `wx` / `wy`.")
+    wx = check_mass("wx", wx, x.shape[0], "x")
+    wy = check_mass("wy", wy, y.shape[0], "y")
+    return _mmd2(x, y, wx, wy, k, estimator, sums)
+
+
+@functools.partial(jax.jit, static_argnums=(5, 6))
+def _mmd2(x, y, wx, wy, k, estimator, sums):
+    """The traced core of :func:`mmd2` (inputs checked): one compilation per shape."""
     n, m = x.shape[0], y.shape[0]
     if estimator == "linear":
-        if wx is not None or wy is not None:
-            raise ValueError("the 'linear' estimator does not take weights `wx` / `wy`.")
         p = min(n, m) // 2
         x1, x2 = x[0 : 2 * p : 2], x[1 : 2 * p : 2]
         y1, y2 = y[0 : 2 * p : 2], y[1 : 2 * p : 2]
         kv = jax.vmap(k)
         return jnp.mean(kv(x1, x2) + kv(y1, y2) - kv(x1, y2) - kv(x2, y1))
-
     a = normalized_weights("wx", wx, n, "x", x.dtype)
     b = normalized_weights("wy", wy, m, "y", x.dtype)
-    kw = dict(sums=sums)
-    txx = jnp.dot(a, kernel_matvec(k, x, x, a, **kw))
-    tyy = jnp.dot(b, kernel_matvec(k, y, y, b, **kw))
-    txy = jnp.dot(a, kernel_matvec(k, x, y, b, **kw))
+    txx = jnp.dot(a, kernel_matvec(k, x, x, a, sums=sums))
+    tyy = jnp.dot(b, kernel_matvec(k, y, y, b, sums=sums))
+    txy = jnp.dot(a, kernel_matvec(k, x, y, b, sums=sums))
     if estimator == "biased":
         return jnp.maximum(txx + tyy - 2.0 * txy, 0.0)
     a2, b2 = a * a, b * b
@@ -187,16 +196,27 @@ class _PairH(Kernel):
 
 
 def _witness_args(z, x, y, wx, wy):
+    """Checked ``z``, ``x``, ``y`` (one dtype) and weights (not normalised)."""
     z, _ = points_and_weights("z", z, None, "")
     x, wx = points_and_weights("x", x, wx, "wx")
     y, wy = points_and_weights("y", y, wy, "wy")
     x, y = _points(x, y)
     z = check_points("z", z, d=x.shape[1], other="x")
     dtype = jnp.result_type(z.dtype, x.dtype)
-    a = normalized_weights("wx", wx, x.shape[0], "x", dtype)
-    b = normalized_weights("wy", wy, y.shape[0], "y", dtype)
-    pts = jnp.concatenate([y, x], axis=0).astype(dtype)
-    return z.astype(dtype), pts, jnp.concatenate([b, -a])
+    wx = check_mass("wx", wx, x.shape[0], "x")
+    wy = check_mass("wy", wy, y.shape[0], "y")
+    return z.astype(dtype), x.astype(dtype), y.astype(dtype), wx, wy
+
+
+@functools.partial(jax.jit, static_argnums=(6, 7))
+def _witness(z, x, y, wx, wy, k, grad, sums):
+    """The traced core of :func:`witness` / :func:`witness_grad`: one pass over ``[y; x]``
+    with weights ``[b, -a]``."""
+    a = normalized_weights("wx", wx, x.shape[0], "x", z.dtype)
+    b = normalized_weights("wy", wy, y.shape[0], "y", z.dtype)
+    pts = jnp.concatenate([y, x], axis=0)
+    c = jnp.concatenate([b, -a])
+    return (kernel_grad_matvec if grad else kernel_matvec)(k, z, pts, c, sums=sums)
 
 
 def witness(
@@ -223,8 +243,8 @@ def witness(
       ``[nz]`` witness values.
     """
     check_kernel(k)
-    z, pts, c = _witness_args(z, x, y, wx, wy)
-    return kernel_matvec(k, z, pts, c, sums=sums)
+    sums = check_sum_config("witness", sums)
+    return _witness(*_witness_args(z, x, y, wx, wy), k, False, sums)
 
 
 def witness_grad(
@@ -255,5 +275,5 @@ def witness_grad(
       ``[nz, d]`` witness gradients in the promoted floating dtype of the inputs.
     """
     check_kernel(k)
-    z, pts, c = _witness_args(z, x, y, wx, wy)
-    return kernel_grad_matvec(k, z, pts, c, sums=sums)
+    sums = check_sum_config("witness_grad", sums)
+    return _witness(*_witness_args(z, x, y, wx, wy), k, True, sums)

@@ -62,9 +62,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
+import numpy as np
 
 from mmdflow._checks import check_block_size
 from mmdflow._mesh import STRATEGIES, _axis_size
@@ -152,12 +154,19 @@ def _sum(kind, k, x, y, w, sums):
     check_kernel(k)
     if sums.mesh is not None:
         return _collective.kernel_sum(kind, k, x, y, w, sums)
+    x, y, w = (a if hasattr(a, "shape") else np.asarray(a) for a in (x, y, w))
+    return _local_sum(kind, k, x, y, w, sums.impl, sums.block_size)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+def _local_sum(kind, k, x, y, w, impl, block_size):
+    """One jitted program per op, shape and configuration (eager calls compile once)."""
     fn = {
         "matvec": _local.kernel_matvec,
         "grad": _local.kernel_grad_matvec,
         "hess": _local.kernel_hessian_matvec,
     }[kind]
-    return fn(k, x, y, w, impl=sums.impl, block_size=sums.block_size)
+    return fn(k, x, y, w, impl=impl, block_size=block_size)
 
 
 def kernel_matvec(
