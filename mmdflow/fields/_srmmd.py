@@ -72,17 +72,29 @@ from mmdflow._checks import (
 )
 from mmdflow._linalg import cg
 from mmdflow.fields._base import Velocity, schedule_value
-from mmdflow.fields._mmd import STEP_FACTOR as MMD_STEP_FACTOR
 from mmdflow.kernels import Kernel
 from mmdflow.mmd import witness, witness_grad
 from mmdflow.ops import SumConfig, check_kernel, check_sum_config, kernel_hessian_matvec
 
-#: :meth:`SrMMDField.defaults_for`: the interpolation ``alpha`` (measured, see :data:`REG`).
+#: :meth:`SrMMDField.defaults_for`: the interpolation ``alpha`` (the velocity depends on
+#: ``alpha / lambda`` only, so ``alpha`` stays at 1, the Sobolev end, and :data:`REG` sets
+#: the ratio; measured alongside it).
 ALPHA = 1.0
-#: :meth:`SrMMDField.defaults_for`: ``lambda`` in units of ``1 / bandwidth**2``.
+#: :meth:`SrMMDField.defaults_for`: ``lambda`` in units of ``1 / bandwidth**2``. Measured
+#: (``benchmarks/srmmd_defaults.py``, the ``mmdflow flow`` setting, 500 steps; final MMD^2
+#: reduction gaussian -> 8gaussians / moons -> rings, float64): lambda = 1 at a step of
+#: 1 x bandwidth^2 61,500x / 1,080,000x at 1000 points and 2,850,000x / 145,000x at 300
+#: (the MMD flow at its step 0.1: 11,000x / 72,500x and 2,640x / 37,900x; at 0.3 it
+#: oscillates on 8gaussians, 7.6x); lambda = 1 at step 0.3: 40,400x / 336,000x (1000) and
+#: 7,810x / 61,700x (300); lambda = 10 at step 0.1 ~ the MMD flow (2,570x / 16,800x at 300);
+#: lambda = 0.1 / 0.3 at steps 1 / 3: 7,370x / 61,700x and 7,410x / 119,000x (300), with 2-3x
+#: the CG iterations (35-42 vs 12-17 per step); unstable: lambda = 1 at step 3 (2.3x / 13x)
+#: and lambda = 3 at step 1 (9.1x on 8gaussians), so the default step has a margin under 3x.
 REG = 1.0
-#: :meth:`SrMMDField.defaults_for`: the step is this times ``bandwidth**2``.
-STEP_FACTOR = MMD_STEP_FACTOR
+#: :meth:`SrMMDField.defaults_for`: the step is this times ``bandwidth**2`` (10x the MMD
+#: flow's: ``lambda grad h`` is its velocity contracted by ``(I + (alpha / lambda) D_Q)^-1``;
+#: measured with :data:`REG`, above).
+STEP_FACTOR = 1.0
 
 
 class SrMMDState(NamedTuple):
