@@ -22,7 +22,7 @@ phi(x_i)`` (``E_Q |grad f|^2 = <f, D_Q f>_H``), the gradient-penalized witness i
 the penalty interpolating, with ``alpha in [0, 1]``, between the MMD witness's
 (``lambda |f|_H^2``: ``h = delta / lambda``) and the regularized kernel Sobolev critic's
 (``E_Q |grad f|^2 + lambda |f|_H^2``, :class:`~mmdflow.fields.SobolevField`); the SrMMD
-value is ``<delta, h>_H = sup_f {...} * 2``. The particles move along
+value is ``<delta, h>_H`` (twice the maximum of that objective). The particles move along
 ``lambda grad h`` (time rescaled by ``lambda``, as :class:`~mmdflow.fields.DrMMDField`),
 
     ``v(z) = lambda grad h(z) = grad [(I + (alpha / lambda) D_Q)^-1 delta](z),``
