@@ -19,6 +19,9 @@ interface is :class:`VelocityField`; a new flow is a new field plus one line in
   kernel Stein discrepancy to a density.
 * :class:`KALEField`: the KALE witness (Glaser, Arbel & Gretton, NeurIPS 2021), its dual
   solved by Newton's method with CG on kernel sums.
+* :class:`SrMMDField`: the Sobolev-regularized MMD witness (Tian et al., arXiv 2605.11884):
+  a gradient penalty interpolating the MMD flow and kernel Sobolev descent, CG on
+  cross-Hessian kernel sums.
 
 Every field has ``defaults_for(kernel, bandwidth, n, d, key)``: its flow's and its own
 hyperparameters for data at length scale ``bandwidth`` (what ``mmdflow flow`` uses).
@@ -41,6 +44,7 @@ from mmdflow.fields._kale import KALEField, KALEState
 from mmdflow.fields._ksd import KSDField
 from mmdflow.fields._mmd import MMDField
 from mmdflow.fields._sobolev import RFFState, SobolevField
+from mmdflow.fields._srmmd import SrMMDField, SrMMDState
 from mmdflow.fields._svgd import SVGDField
 
 _NEURAL = ("NeuralSobolevField", "CriticState", "MLPCritic", "mlp_critic")
@@ -63,6 +67,8 @@ __all__ = [
     "KSDField",
     "KALEField",
     "KALEState",
+    "SrMMDField",
+    "SrMMDState",
     "SobolevField",
     "RFFState",
     "NeuralSobolevField",

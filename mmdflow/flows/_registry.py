@@ -42,6 +42,7 @@ FLOWS: Mapping[str, type] = _Registry(
         "svgd": "mmdflow.fields._svgd:SVGDField",
         "ksd": "mmdflow.fields._ksd:KSDField",
         "kale": "mmdflow.fields._kale:KALEField",
+        "srmmd": "mmdflow.fields._srmmd:SrMMDField",
     }
 )
 
