@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -108,8 +108,9 @@ def select_snapshots(
     return out
 
 
-def _scatter_panel(ax, pts: np.ndarray, tgt: np.ndarray, lim, title: str):
-    ax.scatter(tgt[:, 0], tgt[:, 1], s=3, c=_TARGET_COLOR, linewidths=0, label="target")
+def _scatter_panel(ax, pts: np.ndarray, tgt, lim, title: str, tgt_label: str = "target"):
+    if tgt is not None:
+        ax.scatter(tgt[:, 0], tgt[:, 1], s=3, c=_TARGET_COLOR, linewidths=0, label=tgt_label)
     ax.scatter(pts[:, 0], pts[:, 1], s=3, c=_PARTICLE_COLOR, linewidths=0, label="particles")
     ax.set_xlim(lim[0])
     ax.set_ylim(lim[1])
@@ -118,9 +119,10 @@ def _scatter_panel(ax, pts: np.ndarray, tgt: np.ndarray, lim, title: str):
     ax.tick_params(labelsize=7)
 
 
-def _hist_panel(ax, pts: np.ndarray, tgt: np.ndarray, lim, title: str):
+def _hist_panel(ax, pts: np.ndarray, tgt, lim, title: str, tgt_label: str = "target"):
     bins = np.linspace(lim[0][0], lim[0][1], 60)
-    ax.hist(tgt[:, 0], bins=bins, density=True, color=_TARGET_COLOR, label="target")
+    if tgt is not None:
+        ax.hist(tgt[:, 0], bins=bins, density=True, color=_TARGET_COLOR, label=tgt_label)
     ax.hist(
         pts[:, 0],
         bins=bins,
@@ -143,53 +145,78 @@ def _limits(clouds: Sequence[np.ndarray], dims: int) -> list[tuple[float, float]
     return [(float(a), float(b)) for a, b in zip(lo - pad, hi + pad, strict=True)]
 
 
+def _contours(ax, density: Callable[[np.ndarray], np.ndarray], lim) -> None:
+    """Contours of a 2-D log-density at 0.5, 2, 4.5, 8 and 12.5 below its maximum on the grid
+    (a Gaussian's 1 to 5 standard deviations)."""
+    gx = np.linspace(lim[0][0], lim[0][1], 120)
+    gy = np.linspace(lim[1][0], lim[1][1], 120)
+    xx, yy = np.meshgrid(gx, gy)
+    lp = np.asarray(density(np.stack([xx.ravel(), yy.ravel()], axis=1)), np.float64)
+    lp = lp.reshape(xx.shape)
+    if not np.isfinite(lp).any():
+        return
+    top = np.nanmax(np.where(np.isfinite(lp), lp, np.nan))
+    levels = top - np.array([12.5, 8.0, 4.5, 2.0, 0.5])
+    ax.contour(xx, yy, lp, levels=levels, colors="0.45", linewidths=0.7)
+
+
 def plot_flow(
     trajectory: np.ndarray,
     steps: Sequence[int],
-    target: np.ndarray,
+    target: np.ndarray | None,
     path: str | os.PathLike,
     *,
     mmd2: Sequence[float] | None = None,
     num_panels: int = 5,
     title: str | None = None,
+    metric_label: str = "MMD²",
+    target_label: str = "target",
+    density: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[int]:
     """Draws snapshots of the particles over the target samples and saves a PNG.
 
-    Data with ``d > 2`` are projected on the two principal axes of the target
-    (the same projection in every panel); ``d == 1`` is drawn as histograms.
+    Data with ``d > 2`` are projected on the two principal axes of the target (of the
+    last snapshot when there is no target; the same projection in every panel);
+    ``d == 1`` is drawn as histograms.
 
     Args:
         trajectory: ``[R, n, d]`` recorded particles.
         steps: ``[R]`` step of each record.
-        target: ``[m, d]`` target samples.
+        target: ``[m, d]`` target samples (e.g. exact samples of a density), or ``None``.
         path: Output file (PNG).
-        mmd2: Optional ``[R]`` MMD^2 history, used to place the panels (see
+        mmd2: Optional ``[R]`` MMD^2 (or KSD^2) history, used to place the panels (see
             :func:`select_snapshots`) and shown in the panel titles.
         num_panels: Number of snapshots (4 to 6 reads well).
         title: Optional figure title.
+        metric_label: The name of ``mmd2`` in the panel titles (``"KSD²"``).
+        target_label: The legend entry of ``target``.
+        density: Optional 2-D log-density, ``[k, 2]`` points to ``[k]`` values (NumPy):
+            its contours are drawn in every panel (``d == 2`` only).
 
     Returns:
         The record indices drawn.
     """
     traj = np.asarray(trajectory, dtype=np.float64)
-    tgt = np.asarray(target, dtype=np.float64)
-    if traj.ndim != 3 or tgt.ndim != 2 or traj.shape[2] != tgt.shape[1]:
+    tgt = None if target is None else np.asarray(target, dtype=np.float64)
+    if traj.ndim != 3 or (tgt is not None and (tgt.ndim != 2 or traj.shape[2] != tgt.shape[1])):
         raise ValueError(
             f"plot_flow: expected trajectory [R, n, d] and target [m, d]; got "
-            f"{traj.shape} and {tgt.shape}."
+            f"{traj.shape} and {None if tgt is None else tgt.shape}."
         )
-    d = tgt.shape[1]
+    d = traj.shape[2]
+    if density is not None and d != 2:
+        raise ValueError(f"plot_flow: `density` contours need d == 2; got d = {d}.")
     idx = select_snapshots(mmd2, traj.shape[0], num_panels)
     if d > 2:
-        mean, axes = pca_projection(tgt)
+        mean, axes = pca_projection(traj[-1] if tgt is None else tgt)
         proj = lambda p: (p - mean) @ axes
-        xlabel, ylabel = "PC 1 (of target)", "PC 2"
+        xlabel, ylabel = f"PC 1 (of {'final particles' if tgt is None else target_label})", "PC 2"
     else:
         proj = lambda p: p
         xlabel, ylabel = ("x", "density") if d == 1 else ("x1", "x2")
-    tgt2 = proj(tgt)
+    tgt2 = None if tgt is None else proj(tgt)
     shown = [proj(traj[i]) for i in idx]
-    lim = _limits([tgt2, *shown], min(d, 2))
+    lim = _limits(([] if tgt2 is None else [tgt2]) + shown, min(d, 2))
     # Manual margins: constrained layout lets equal-aspect panel titles collide with
     # the suptitle. ``bbox_inches="tight"`` trims the slack when saving.
     fig = _figure(3.0 * len(idx), 3.9, layout=None)
@@ -198,11 +225,13 @@ def plot_flow(
     for ax, i, pts in zip(axs, idx, shown, strict=True):
         label = f"step {int(steps[i])}"
         if mmd2 is not None and np.isfinite(mmd2[i]):
-            label += f"\nMMD² {float(mmd2[i]):.2e}"
+            label += f"\n{metric_label} {float(mmd2[i]):.2e}"
         if d == 1:
-            _hist_panel(ax, pts, tgt2, lim, label)
+            _hist_panel(ax, pts, tgt2, lim, label, target_label)
         else:
-            _scatter_panel(ax, pts, tgt2, lim, label)
+            if density is not None:
+                _contours(ax, density, lim)
+            _scatter_panel(ax, pts, tgt2, lim, label, target_label)
         ax.set_xlabel(xlabel, fontsize=8)
     axs[0].set_ylabel(ylabel, fontsize=8)
     axs[-1].legend(loc="upper right", fontsize=7, markerscale=3, framealpha=0.7)
@@ -307,25 +336,34 @@ def _log_series(ax, steps, values, label, color):
 
 
 def plot_history(
-    history: dict, path: str | os.PathLike, *, title: str | None = None, mmd_label: str = "MMD²"
+    history: dict,
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    mmd_label: str = "MMD²",
+    metric: str = "mmd2",
 ) -> None:
-    """Plots MMD^2 and the kinetic energy against the step (log scale) and saves a PNG.
+    """Plots MMD^2 (or KSD^2) and the kinetic energy against the step (log scale), saves a PNG.
 
     Args:
-        history: Dict with ``step``, ``mmd2`` and optionally ``kinetic`` sequences
+        history: Dict with ``step``, ``metric`` and optionally ``kinetic`` sequences
             (as returned by :func:`mmdflow.flows.run`).
         path: Output file (PNG).
         title: Optional figure title.
         mmd_label: Y-axis label of the MMD^2 panel (e.g. naming the kernel).
+        metric: The history key of the first panel: ``"mmd2"``, or ``"ksd2"`` (a density
+            flow's kernel Stein discrepancy).
     """
     steps = np.asarray(history["step"])
     has_kin = "kinetic" in history and np.isfinite(np.asarray(history["kinetic"], float)).any()
     fig = _figure(9.0 if has_kin else 5.0, 3.4)
     axs = fig.subplots(1, 2 if has_kin else 1, squeeze=False)[0]
-    dropped = _log_series(axs[0], steps, history["mmd2"], "MMD²", "#1f77b4")
+    ksd = metric == "ksd2"
+    name = "KSD²" if ksd else "MMD²"
+    dropped = _log_series(axs[0], steps, history[metric], name, "#1f77b4")
     axs[0].set_xlabel("step")
     axs[0].set_ylabel(mmd_label)
-    axs[0].set_title("MMD² to the target", fontsize=10)
+    axs[0].set_title(f"{name} to the {'density' if ksd else 'target'}", fontsize=10)
     if dropped:
         axs[0].text(
             0.98,

@@ -113,3 +113,39 @@ def test_gpu_session_script_parses_and_rejects_unknown_stages():
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     proc = subprocess.run(["bash", str(script), "nope"], capture_output=True, text=True)
     assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+def test_flows_compare_quick_writes_json_and_plot(tmp_path):
+    """Every-flow comparison (benchmarks/flows_compare.py): ``--quick`` sizes, two flows
+    (one per kind) to keep the test short; the full ``--quick`` runs all of them in < 60 s."""
+    bench = load_benchmark("flows_compare")
+    out = tmp_path / "c.json"
+    args = ["--quick", "--flows", "mmd", "svgd", "--n", "24", "--steps", "6"]
+    result = bench.main(
+        [*args, "--scaling-n", "16", "32", "--scaling-flows", "mmd", "--out", str(out)]
+    )
+    stored = json.loads(out.read_text())
+    assert stored["metadata"]["schema"] == bench.SCHEMA and stored["metadata"]["jax"]
+    runs = {(r["flow"], r["problem"]): r for r in result["runs"]}
+    assert set(runs) == {("mmd", "gaussian->8gaussians"), ("svgd", "banana")}
+    for r in runs.values():
+        assert r["steps_done"] == 6 and r["mmd2_end"] < r["mmd2_start"]
+        assert set(r["thresholds"]) == {str(t) for t in bench.THRESHOLDS}
+    svgd = runs[("svgd", "banana")]
+    assert svgd["ksd2"][-1] < svgd["ksd2"][0] and svgd["iid_mmd2"] > 0
+    assert svgd["mean_error"] >= 0 and svgd["cov_error"] >= 0
+    assert [s["flow"] for s in result["scaling"]] == ["mmd"]
+    assert all(s["exponent"] is not None for s in result["scaling"])
+    assert out.with_suffix(".png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_flows_compare_covers_every_registry_flow():
+    """Each flow of the registry has problems of its kind (a new flow is picked up)."""
+    from mmdflow import flows
+
+    bench = load_benchmark("flows_compare")
+    assert bench.parse_args([]).flows == list(flows.FLOWS)
+    for name in flows.FLOWS:
+        kind = bench.DENSITY_PROBLEMS if bench.is_density_flow(name) else bench.SAMPLE_PROBLEMS
+        assert kind
+    assert {"svgd", "ksd"} <= {n for n in flows.FLOWS if bench.is_density_flow(n)}

@@ -42,6 +42,7 @@ NAMES = [
     "02_color_transfer.ipynb",
     "03_mmd_flow_noise_injection.ipynb",
     "05_mmd_gan_learned_kernels.ipynb",
+    "flows_compare.ipynb",
 ]
 
 
@@ -107,3 +108,13 @@ def test_05_mmd_gan_learned_kernels(monkeypatch):
         assert np.isfinite(hist["eval_mmd2"]).all() and np.isfinite(samples).all(), (name, crit)
         assert hist["eval_mmd2"][-1] < hist["eval_mmd2"][0], (name, crit)
         assert len(hist["critic_mmd2"]) == len(hist["critic_penalty"]) == 4
+
+
+def test_flows_compare(monkeypatch):
+    ns = _run("flows_compare.ipynb", monkeypatch)
+    assert ns["SMALL"]
+    runs = {(r["flow"], r["problem"]) for r in ns["results"]}
+    assert runs == {("mmd", "moons->rings"), ("sobolev", "moons->rings"), ("svgd", "banana")}
+    for r in ns["results"]:
+        assert np.isfinite(r["mmd2"]).all() and r["mmd2_end"] < r["mmd2_start"], r["flow"]
+    assert ns["scaling"][0]["exponent"] is not None

@@ -326,6 +326,8 @@ class ProgressBar:
         info = ""
         if record is not None and "mmd2" in record:
             info = f"MMD^2 {record['mmd2']:.3e}"
+        elif record is not None and "ksd2" in record:
+            info = f"KSD^2 {record['ksd2']:.3e}"
         elapsed = now - self._t0
         info += f"  {elapsed:6.1f}s"
         s0, t0 = self._first

@@ -1,4 +1,9 @@
-"""``mmdflow flow``: particles from a source to a target point cloud."""
+"""``mmdflow flow``: particles from a source to a target point cloud, or to a density.
+
+Sample flows (``--method sobolev|mmd|...``) move toward ``--target`` samples; density flows
+(fields with ``target = "density"``: ``svgd``, ``ksd``) toward ``--density`` (a log-density,
+:mod:`mmdflow.cli._density`), recording ``KSD^2`` instead of ``MMD^2``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmdflow.cli import _density
 from mmdflow.cli import _flow_resume as resume
 from mmdflow.cli._common import (
     CLIError,
@@ -45,7 +51,36 @@ def _make_mesh(num: int):
 
 
 #: field hyperparameters that --param does not set (objects, or options of their own)
-_NOT_PARAMS = ("kernel", "sums", "critic", "optimizer", "reg", "num_features", "resample_features")
+_NOT_PARAMS = (
+    "kernel",
+    "sums",
+    "critic",
+    "optimizer",
+    "reg",
+    "num_features",
+    "resample_features",
+    "logp",
+)
+#: ``--target`` of a sample flow when none is given
+DEFAULT_TARGET = "8gaussians"
+
+
+def is_density_method(method: str) -> bool:
+    """Whether flow ``method`` of the registry moves toward a density (``target = "density"``)."""
+    from mmdflow import flows
+
+    return getattr(flows.FLOWS[method], "target", "samples") == "density"
+
+
+def _resolve_defaults(args) -> None:
+    """Defaults that depend on ``--method``: ``--target`` (sample flows) and ``--kernel``
+    (``mixture`` for sample flows, ``gaussian`` for density flows, whose default steps were
+    measured with one Gaussian)."""
+    density = is_density_method(args.method)
+    if args.kernel is None:
+        args.kernel = "gaussian" if density else "mixture"
+    if args.target is None and not density:
+        args.target = DEFAULT_TARGET
 
 
 def _parse_params(specs: list[str], method: str, params: set[str]) -> dict:
@@ -69,7 +104,7 @@ def _parse_params(specs: list[str], method: str, params: set[str]) -> dict:
     return out
 
 
-def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int, mesh=None):
+def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int, mesh=None, logp=None):
     """Builds the flow of ``--method`` from the registry; returns ``(stepper, settings)``.
 
     The defaults are the field's ``defaults_for`` the data's bandwidth and size
@@ -78,6 +113,7 @@ def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int, mesh=None
     the bandwidth),
     ``--num-features`` / ``--fixed-features``, ``--impl``. With a ``mesh`` (``--devices``)
     the flow pads and shards the particles and targets over it (``ParticleFlow.mesh``).
+    A density flow gets its target log-density ``logp``.
     """
     import jax
 
@@ -86,6 +122,8 @@ def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int, mesh=None
     cls = flows.FLOWS[args.method]
     params = set(flows.field_params(args.method))
     kw = cls.defaults_for(kernel, bandwidth, n, d, jax.random.key(args.seed + 2))
+    if logp is not None:
+        kw["logp"] = logp
     settings = {}
     if args.step_size is not None:
         kw["step_size"] = args.step_size
@@ -143,6 +181,24 @@ def _check_options(args) -> None:
     from mmdflow import flows
 
     params = set(flows.field_params(args.method))  # --method is one of them (parser choices)
+    if is_density_method(args.method):
+        if args.target is not None:
+            raise CLIError(
+                f"--target does not apply to --method {args.method} (a density flow): give "
+                "--density NAME"
+            )
+        if args.density is None:
+            raise CLIError(
+                f"--method {args.method} moves particles toward a density: give --density NAME "
+                "(a name of mmdflow.densities.DENSITIES or MODULE:FUNCTION)"
+            )
+    elif args.density is not None:
+        raise CLIError(
+            f"--density applies to the density flows ({', '.join(_density_methods())}); "
+            f"--method {args.method} moves toward --target samples"
+        )
+    if args.dim is not None and args.density is None:
+        raise CLIError("--dim applies with --density (the dimension of the log-density)")
     if args.reg is not None and "reg" not in params:
         raise CLIError(f"--reg does not apply to --method {args.method} (it has no ridge)")
     if args.fixed_features and "num_features" not in params:
@@ -154,6 +210,49 @@ def _check_options(args) -> None:
             f"--impl {args.impl} applies without --devices (on a mesh the local kernel sums "
             "are blocked)"
         )
+
+
+def _density_methods() -> list[str]:
+    from mmdflow import flows
+
+    return [m for m in flows.FLOWS if is_density_method(m)]
+
+
+def _load_source(args, d: int | None):
+    """``--source`` points; ``gaussian`` in ``d != 2`` dimensions is ``N(0, I_d)``."""
+    if d is not None and d != 2 and args.source == "gaussian":
+        rng = np.random.default_rng(args.seed)
+        return rng.standard_normal((args.n, d)).astype(np.float32), None
+    return _load_points("--source", args.source, args.n, args.seed, indices=True)
+
+
+def _density_inputs(args):
+    """The source, the density and its exact samples: ``(x0, src_rows, target, ref, logp0)``.
+
+    ``ref`` is ``None`` for a density without a sampler; ``logp0`` is ``log p`` at the
+    source points (their fingerprint stands for the target's on ``--resume``).
+    """
+    import jax
+
+    target = _density.resolve(args.density)
+    if args.dim is not None and target.dim is not None and args.dim != target.dim:
+        raise CLIError(
+            f"--density {args.density!r} is {target.dim}-dimensional; got --dim {args.dim}"
+        )
+    d = args.dim if args.dim is not None else target.dim
+    x0, src_rows = _load_source(args, d)
+    if d is not None and x0.shape[1] != d:
+        raise CLIError(
+            f"dimension mismatch: --source {args.source!r} has d={x0.shape[1]} (shape "
+            f"{x0.shape}) but --density {args.density!r} has d={d}"
+            + (" (--dim)" if args.dim is not None else "")
+        )
+    logp0 = _density.check_at(target, x0)
+    ref = None
+    if target.sample is not None:
+        ref = target.sample(jax.random.key(args.seed + 1), args.n, x0.shape[1])
+        ref = np.ascontiguousarray(np.asarray(ref), dtype=np.float32)
+    return x0, src_rows, target, ref, logp0
 
 
 def _checkpoint_last_chunk(ckpt: Checkpoints, latest: list, meta: dict) -> None:
@@ -176,20 +275,29 @@ def _cmd_flow(args) -> int:
     rundir = RunDir(args.out, "flow", overwrite=args.overwrite, resume=args.resume)
     out = Path(args.out)  # as given, for messages
     ckpt_path = rundir.path / resume.CHECKPOINT
+    _resolve_defaults(args)
+    density = is_density_method(args.method)
     meta = None
     if args.resume:  # first: a changed option is named even if it is also misplaced
         meta = resume.read_meta(ckpt_path, args.out)
         resume.check_resume(args, meta, args.out)
     _check_options(args)
-    x0, src_rows = _load_points("--source", args.source, args.n, args.seed, indices=True)
-    y, tgt_rows = _load_points("--target", args.target, args.n, args.seed + 1, indices=True)
-    if x0.shape[1] != y.shape[1]:
-        raise CLIError(
-            f"dimension mismatch: --source {args.source!r} has d={x0.shape[1]} (shape "
-            f"{x0.shape}) but --target {args.target!r} has d={y.shape[1]} (shape {y.shape})"
-        )
+    target = ref = None
+    if density:
+        x0, src_rows, target, ref, logp0 = _density_inputs(args)
+        y, tgt_rows = None, None
+        target_print = logp0  # the density's values at the source points
+    else:
+        x0, src_rows = _load_points("--source", args.source, args.n, args.seed, indices=True)
+        y, tgt_rows = _load_points("--target", args.target, args.n, args.seed + 1, indices=True)
+        if x0.shape[1] != y.shape[1]:
+            raise CLIError(
+                f"dimension mismatch: --source {args.source!r} has d={x0.shape[1]} (shape "
+                f"{x0.shape}) but --target {args.target!r} has d={y.shape[1]} (shape {y.shape})"
+            )
+        target_print = y
     if meta is not None:
-        resume.check_points(meta, args.out, source=x0, target=y)
+        resume.check_points(meta, args.out, source=x0, target=target_print)
     n, d = x0.shape
 
     import jax
@@ -199,19 +307,25 @@ def _cmd_flow(args) -> int:
 
     if args.bandwidth is not None:
         bw, bw_rule = args.bandwidth, "user"
+    elif density:
+        pts, what = (ref, "exact samples") if ref is not None else (x0, "source points")
+        bw = _density.bandwidth(pts)
+        bw_rule = f"{_density.BANDWIDTH_RULE} of the {len(pts)} {what}"
     else:
         bw, bw_rule = _median_bandwidth(x0, y), "median heuristic (source and target pooled)"
     kernel, kernel_info = _make_kernel(args.kernel, bw)
     mesh = _make_mesh(args.devices) if args.devices is not None else None
+    logp = target.logp if density else None
     try:
-        stepper, method_settings = _make_flow_stepper(args, kernel, bw, n, d, mesh)
+        stepper, method_settings = _make_flow_stepper(args, kernel, bw, n, d, mesh, logp)
     except ValueError as e:
         raise CLIError(str(e)) from None
     if meta is not None:
         record_every = int(meta["record_every"])
     else:
         record_every = args.record_every or max(1, round(args.steps / 50))
-    impl_resolved = ops.resolve_impl(args.impl, n, int(y.shape[0]), kernel, x0.dtype)
+    m = n if density else int(y.shape[0])
+    impl_resolved = ops.resolve_impl(args.impl, n, m, kernel, x0.dtype)
     if impl_resolved == "pallas" and fused.default_interpret():
         _warn(
             f"--impl pallas on {jax.default_backend()}: the fused kernels run in Pallas "
@@ -221,9 +335,18 @@ def _cmd_flow(args) -> int:
         "method": args.method,
         "source": args.source,
         "target": args.target,
+        **(
+            {
+                "density": args.density,
+                "density_dim": target.dim,
+                "exact_samples": 0 if ref is None else len(ref),
+            }
+            if density
+            else {}
+        ),
         "n_requested": args.n,
         "n_particles": n,
-        "n_target": int(y.shape[0]),
+        "n_target": 0 if density else int(y.shape[0]),
         "d": d,
         "steps": args.steps,
         "seed": args.seed,
@@ -234,7 +357,10 @@ def _cmd_flow(args) -> int:
         "bandwidth_rule": bw_rule,
         "kernel": kernel_info,
         **method_settings,
-        "mmd_kernel": "the flow kernel (biased V-statistic MMD^2)",
+        "mmd_kernel": "the flow kernel (biased V-statistic MMD^2)"
+        if not density
+        else "ksd2: V-statistic KSD^2 with the flow kernel as the Stein kernel's base; "
+        "mmd2_to_samples: the flow kernel (biased V-statistic MMD^2) to the exact samples",
         "impl": args.impl,
         "impl_resolved": impl_resolved,
         "mmdflow_version": __version__,
@@ -247,7 +373,9 @@ def _cmd_flow(args) -> int:
         "over mesh axis 'data'",
     }
 
-    state = stepper.init(jnp.asarray(x0), jax.random.key(args.seed), y=jnp.asarray(y))
+    state = stepper.init(
+        jnp.asarray(x0), jax.random.key(args.seed), y=None if density else jnp.asarray(y)
+    )
     history, done, resumed_at = None, 0, []
     if meta is not None:
         state, history = resume.load(ckpt_path, state, args.out)
@@ -263,12 +391,13 @@ def _cmd_flow(args) -> int:
         "record_every": record_every,
         "n": n,
         "source_sha256": resume.fingerprint(x0),
-        "target_sha256": resume.fingerprint(y),
+        "target_sha256": resume.fingerprint(target_print),
         "resumed_at": resumed_at,
     }
     t_setup = time.perf_counter() - t_cmd
 
-    label = f"{args.method} {Path(str(args.source)).name}->{Path(str(args.target)).name}"
+    to = args.density if density else Path(str(args.target)).name
+    label = f"{args.method} {Path(str(args.source)).name}->{to}"
     bar = ProgressBar(args.steps, label=label, enabled=None if not args.quiet else False)
     ckpt = Checkpoints(rundir, args.checkpoint_every, resume.CHECKPOINT)
     ckpt.last_step = done if meta is not None else None
@@ -312,7 +441,9 @@ def _cmd_flow(args) -> int:
         bar.close()
 
     t_io = time.perf_counter()
-    files = ["particles.npy", "trajectory.npz", "metrics.json", "flow.png", "mmd.png"]
+    metric = "ksd2" if density else "mmd2"
+    curve = "ksd.png" if density else "mmd.png"
+    files = ["particles.npy", "trajectory.npz", "metrics.json", "flow.png", curve]
     with rundir.staged(status, checkpoint_step=final) as tmp:
         traj = np.asarray(hist.pop("trajectory")[:, :n], dtype=np.float32)
         steps = np.asarray(hist["step"], dtype=np.int64)
@@ -323,12 +454,38 @@ def _cmd_flow(args) -> int:
                 np.save(tmp / name, rows)
                 files.append(name)
         bws = kernel_info["bandwidths"]
-        m_start, m_end = _kernel_mmd2_f64(x0, y, bws), _kernel_mmd2_f64(xf, y, bws)
-        title = f"{args.method}: {args.source} → {args.target} (n={n}, d={d})"
+        if density:
+            summary, headline = _density_summary(hist, x0, xf, ref, bws)
+            goal = f"density {args.density}"
+        else:
+            m_start, m_end = _kernel_mmd2_f64(x0, y, bws), _kernel_mmd2_f64(xf, y, bws)
+            summary = {
+                "mmd2_start": m_start,
+                "mmd2_end": m_end,
+                "mmd2_reduction": _reduction(m_start, m_end),
+                "mmd2_change": _fmt_change(m_start, m_end),
+                "mmd2_note": "float64 recomputation with the flow kernel; history.mmd2 is float32",
+            }
+            headline = f"MMD^2 {m_start:.3e} -> {m_end:.3e} ({_fmt_change(m_start, m_end)})"
+            goal = args.target
+        title = f"{args.method}: {args.source} → {goal} (n={n}, d={d})"
         if diverged:
             title += f" — diverged at step {diverged['step']}"
-        panels = plots.plot_flow(traj, steps, y, tmp / "flow.png", mmd2=hist["mmd2"], title=title)
-        plots.plot_history(hist, tmp / "mmd.png", title=title, mmd_label=f"MMD² ({args.kernel})")
+        label = "KSD²" if density else "MMD²"
+        panels = plots.plot_flow(
+            traj,
+            steps,
+            ref if density else y,
+            tmp / "flow.png",
+            mmd2=hist[metric],
+            title=title,
+            metric_label=label,
+            target_label="exact samples" if density else "target",
+            density=_density.grid_logp(target.logp) if density and d == 2 else None,
+        )
+        plots.plot_history(
+            hist, tmp / curve, title=title, mmd_label=f"{label} ({args.kernel})", metric=metric
+        )
         t_io = time.perf_counter() - t_io
         metrics = {
             "command": "flow",
@@ -336,11 +493,7 @@ def _cmd_flow(args) -> int:
             "settings": settings,
             "summary": {
                 "steps_done": final,
-                "mmd2_start": m_start,
-                "mmd2_end": m_end,
-                "mmd2_reduction": _reduction(m_start, m_end),
-                "mmd2_change": _fmt_change(m_start, m_end),
-                "mmd2_note": "float64 recomputation with the flow kernel; history.mmd2 is float32",
+                **summary,
                 "flow_png_steps": [int(steps[i]) for i in panels],
                 "diverged": diverged,
                 "resumed_at_steps": resumed_at,
@@ -363,10 +516,40 @@ def _cmd_flow(args) -> int:
             code=1,
         )
     print(
-        f"mmdflow flow: {args.method} {args.source} -> {args.target} (n={n}, d={d}): "
-        f"MMD^2 {m_start:.3e} -> {m_end:.3e} ({_fmt_change(m_start, m_end)}) in {final} steps"
+        f"mmdflow flow: {args.method} {args.source} -> {goal} (n={n}, d={d}): "
+        f"{headline} in {final} steps"
         f"{f' (resumed at step {done})' if done else ''}, "
-        f"{metrics['timings']['total_s']:.1f}s; pictures: {out / 'flow.png'}, {out / 'mmd.png'}",
+        f"{metrics['timings']['total_s']:.1f}s; pictures: {out / 'flow.png'}, {out / curve}",
         flush=True,
     )
     return 0
+
+
+def _density_summary(hist, x0, xf, ref, bws) -> tuple[dict, str]:
+    """A density flow's summary (``KSD^2``; with exact samples ``ref`` also the MMD^2 to them
+    and the moment errors) and its headline for the summary line."""
+    k_start, k_end = float(hist["ksd2"][0]), float(hist["ksd2"][-1])
+    summary = {
+        "ksd2_start": k_start,
+        "ksd2_end": k_end,
+        "ksd2_reduction": _reduction(k_start, k_end),
+        "ksd2_change": _fmt_change(k_start, k_end),
+        "ksd2_note": "float32 V-statistic, as recorded in history.ksd2",
+    }
+    headline = f"KSD^2 {k_start:.3e} -> {k_end:.3e} ({_fmt_change(k_start, k_end)})"
+    if ref is None:
+        summary["mmd2_to_samples_note"] = "the density has no sampler: no MMD^2 to exact samples"
+        return summary, headline
+    m_start, m_end = _kernel_mmd2_f64(x0, ref, bws), _kernel_mmd2_f64(xf, ref, bws)
+    iid = _density.moment_errors(xf, ref)
+    summary.update(
+        mmd2_to_samples_start=m_start,
+        mmd2_to_samples_end=m_end,
+        mmd2_to_samples_reduction=_reduction(m_start, m_end),
+        **{f"{k}_end": v for k, v in iid.items()},
+        mmd2_to_samples_note=f"float64, the flow kernel, to {len(ref)} exact samples of the "
+        "density (seed + 1); mean_error_end / cov_error_end: largest absolute error of the "
+        "particles' mean / covariance entries against the exact samples'",
+    )
+    headline += f", MMD^2 to exact samples {m_start:.3e} -> {m_end:.3e}"
+    return summary, headline

@@ -2,7 +2,7 @@
 
 A checkpoint (``DIR/checkpoint.npz``, :mod:`mmdflow._checkpoint`) holds the full flow
 state (particles, PRNG key, random features, neural critic and optimizer state), the
-history so far (``step``, ``mmd2``, ``kinetic``, ``critic``, ``wall_time`` and the
+history so far (``step``, ``mmd2`` or a density flow's ``ksd2``, ``kinetic``, ``critic``, ``wall_time`` and the
 ``trajectory`` snapshots) and, in its meta, the raw options of the run
 (:func:`run_args`), the resolved ``record_every`` and fingerprints of the source and
 target points. ``--resume`` refuses every option that would change the run; only
@@ -27,11 +27,13 @@ CHECKPOINT = "checkpoint.npz"
 #: ``meta["format"]`` of a flow checkpoint
 FORMAT = "mmdflow-flow-checkpoint/1"
 #: the history arrays stored in a checkpoint
-HISTORY_KEYS = ("step", "mmd2", "kinetic", "critic", "wall_time", "trajectory")
+HISTORY_KEYS = ("step", "mmd2", "ksd2", "kinetic", "critic", "wall_time", "trajectory")
+#: one of these is in every checkpoint's history: sample flows record MMD^2, density flows KSD^2
+METRICS = ("mmd2", "ksd2")
 
 
 #: options added after runs were written, with the value those runs had
-_ADDED = {"param": []}
+_ADDED = {"param": [], "density": None, "dim": None}
 
 
 def run_args(args) -> dict[str, Any]:
@@ -109,7 +111,9 @@ def load(path: Path, like, out: str) -> tuple[Any, dict]:
     except (OSError, ValueError, KeyError) as e:
         raise CLIError(f"--resume: cannot restore {CHECKPOINT} in --out {out!r} ({e})") from None
     history = dict(meta["extra"])
-    missing = [k for k in HISTORY_KEYS if k not in history]
+    missing = [k for k in HISTORY_KEYS if k not in history and k not in METRICS]
+    if not any(k in history for k in METRICS):
+        missing.append(" or ".join(METRICS))
     if missing:
         raise CLIError(f"--resume: {CHECKPOINT} in --out {out!r} lacks {missing}")
     # sharded runs (--devices): the same placement as a fresh state

@@ -17,6 +17,7 @@ from mmdflow.cli._common import (
 from mmdflow.cli._flow import _cmd_flow
 from mmdflow.cli._rundir import add_resume_options
 from mmdflow.cli._train import add_parser as add_train_parser
+from mmdflow.densities import DENSITIES
 from mmdflow.fields._sobolev import DEFAULT_NUM_FEATURES, EXACT_MAX_SIZE, REG, STEP_SIZE
 from mmdflow.flows import FLOWS
 
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
             "DIR/trajectory.npz, DIR/metrics.json, DIR/flow.png and DIR/mmd.png. SOURCE and "
             "TARGET are 2-D toy shapes (gaussian, moons, rings, spiral, checkerboard, "
             "8gaussians, swissroll, heart, letter, mask:<text>), 'digits', or .npy files "
-            "holding an [N, d] array."
+            "holding an [N, d] array. Density flows (--method svgd|ksd) move the particles "
+            "toward --density instead and write DIR/ksd.png in place of DIR/mmd.png."
         ),
     )
     f.add_argument(
@@ -85,7 +87,31 @@ def build_parser() -> argparse.ArgumentParser:
         "gradient flow (Arbel et al.), neural Sobolev descent, ... (default sobolev)",
     )
     f.add_argument("--source", default="gaussian", help="initial particles (default gaussian)")
-    f.add_argument("--target", default="8gaussians", help="target samples (default 8gaussians)")
+    f.add_argument(
+        "--target",
+        default=None,
+        help="target samples of a sample flow (default 8gaussians; not with --density)",
+    )
+    f.add_argument(
+        "--density",
+        default=None,
+        metavar="NAME",
+        help="target log-density of a density flow (--method "
+        f"{'|'.join(m for m in FLOWS if getattr(FLOWS[m], 'target', '') == 'density')}), "
+        "required by them and only allowed with them: a built-in "
+        f"({', '.join(sorted(DENSITIES))}; with exact samples, the reference of the final "
+        "MMD^2) or MODULE:FUNCTION, a JAX-traceable log p of a [d] point (up to a constant); "
+        "default bandwidth: Liu & Wang's median rule, median distance / sqrt(2 log(n + 1)) of "
+        "the exact samples (else of the source)",
+    )
+    f.add_argument(
+        "--dim",
+        type=_int_at_least(1),
+        default=None,
+        metavar="D",
+        help="dimension of --density where it does not fix one (banana, funnel, "
+        "MODULE:FUNCTION; default: the source's); --source gaussian is then N(0, I_D)",
+    )
     f.add_argument(
         "--n",
         type=_int_at_least(2),
@@ -159,10 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
         f,
         steps=500,
         kernel="mixture",
-        kernel_note="resolves fine structure that the median bandwidth alone blurs",
+        kernel_note="resolves fine structure that the median bandwidth alone blurs; density "
+        "flows: gaussian, the kernel their default steps were measured with",
         record_help="steps between records/snapshots (default steps/50)",
     )
-    f.set_defaults(func=_cmd_flow)
+    f.set_defaults(func=_cmd_flow, kernel=None)  # resolved per --method (cli._flow)
 
     c = sub.add_parser(
         "color-transfer",
