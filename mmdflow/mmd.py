@@ -29,15 +29,20 @@ Example:
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
 from mmdflow._checks import check_mass, check_points, normalized_weights
 from mmdflow._mesh import points_and_weights
 from mmdflow.kernels import Kernel, _pytree, _Squared
-from mmdflow.ops import SumConfig, check_kernel, check_sum_config, kernel_grad_matvec, kernel_matvec
+from mmdflow.ops import (
+    SumConfig,
+    check_kernel,
+    check_sum_config,
+    is_pytree,
+    kernel_grad_matvec,
+    kernel_matvec,
+)
 
 __all__ = ["mmd2", "mmd2_variance", "witness", "witness_grad", "ESTIMATORS"]
 
@@ -98,11 +103,10 @@ def mmd2(
         raise ValueError("the 'linear' estimator does not take weights `wx` / `wy`.")
     wx = check_mass("wx", wx, x.shape[0], "x")
     wy = check_mass("wy", wy, y.shape[0], "y")
-    return _mmd2(x, y, wx, wy, k, estimator, sums)
+    return (_mmd2 if is_pytree(k) else _mmd2_eager)(x, y, wx, wy, k, estimator, sums)
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6))
-def _mmd2(x, y, wx, wy, k, estimator, sums):
+def _mmd2_eager(x, y, wx, wy, k, estimator, sums):
     """The traced core of :func:`mmd2` (inputs checked): one compilation per shape."""
     n, m = x.shape[0], y.shape[0]
     if estimator == "linear":
@@ -122,6 +126,9 @@ def _mmd2(x, y, wx, wy, k, estimator, sums):
     uxx = (txx - jnp.dot(a2, k.diag(x))) / (1.0 - jnp.sum(a2))
     uyy = (tyy - jnp.dot(b2, k.diag(y))) / (1.0 - jnp.sum(b2))
     return uxx + uyy - 2.0 * txy
+
+
+_mmd2 = jax.jit(_mmd2_eager, static_argnums=(5, 6))
 
 
 def mmd2_variance(
@@ -208,8 +215,7 @@ def _witness_args(z, x, y, wx, wy):
     return z.astype(dtype), x.astype(dtype), y.astype(dtype), wx, wy
 
 
-@functools.partial(jax.jit, static_argnums=(6, 7))
-def _witness(z, x, y, wx, wy, k, grad, sums):
+def _witness_eager(z, x, y, wx, wy, k, grad, sums):
     """The traced core of :func:`witness` / :func:`witness_grad`: one pass over ``[y; x]``
     with weights ``[b, -a]``."""
     a = normalized_weights("wx", wx, x.shape[0], "x", z.dtype)
@@ -217,6 +223,13 @@ def _witness(z, x, y, wx, wy, k, grad, sums):
     pts = jnp.concatenate([y, x], axis=0)
     c = jnp.concatenate([b, -a])
     return (kernel_grad_matvec if grad else kernel_matvec)(k, z, pts, c, sums=sums)
+
+
+_witness = jax.jit(_witness_eager, static_argnums=(6, 7))
+
+
+def _witness_call(args, k, grad, sums):
+    return (_witness if is_pytree(k) else _witness_eager)(*args, k, grad, sums)
 
 
 def witness(
@@ -244,7 +257,7 @@ def witness(
     """
     check_kernel(k)
     sums = check_sum_config("witness", sums)
-    return _witness(*_witness_args(z, x, y, wx, wy), k, False, sums)
+    return _witness_call(_witness_args(z, x, y, wx, wy), k, False, sums)
 
 
 def witness_grad(
@@ -276,4 +289,4 @@ def witness_grad(
     """
     check_kernel(k)
     sums = check_sum_config("witness_grad", sums)
-    return _witness(*_witness_args(z, x, y, wx, wy), k, True, sums)
+    return _witness_call(_witness_args(z, x, y, wx, wy), k, True, sums)

@@ -62,7 +62,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import jax
@@ -155,18 +154,29 @@ def _sum(kind, k, x, y, w, sums):
     if sums.mesh is not None:
         return _collective.kernel_sum(kind, k, x, y, w, sums)
     x, y, w = (a if hasattr(a, "shape") else np.asarray(a) for a in (x, y, w))
-    return _local_sum(kind, k, x, y, w, sums.impl, sums.block_size)
+    fn = _local_sum if is_pytree(k) else _local_sum_eager
+    return fn(kind, k, x, y, w, sums.impl, sums.block_size)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6))
-def _local_sum(kind, k, x, y, w, impl, block_size):
-    """One jitted program per op, shape and configuration (eager calls compile once)."""
+def is_pytree(k) -> bool:
+    """Whether kernel ``k`` is a registered pytree (else a jitted entry point cannot take it as
+    an argument, and runs eagerly)."""
+    leaves = jax.tree.leaves(k)
+    return not (len(leaves) == 1 and leaves[0] is k)
+
+
+def _local_sum_eager(kind, k, x, y, w, impl, block_size):
+    """One-device sum ``kind``; jitted as :func:`_local_sum` (one program per op, shape and
+    configuration, so eager calls compile once)."""
     fn = {
         "matvec": _local.kernel_matvec,
         "grad": _local.kernel_grad_matvec,
         "hess": _local.kernel_hessian_matvec,
     }[kind]
     return fn(k, x, y, w, impl=impl, block_size=block_size)
+
+
+_local_sum = jax.jit(_local_sum_eager, static_argnums=(0, 5, 6))
 
 
 def kernel_matvec(

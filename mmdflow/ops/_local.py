@@ -183,10 +183,8 @@ def _column_loop(tile, dtype, y, w, bx, by, tail):
     return row_block
 
 
-def _centre(k, x, y, always=False):
-    """``x``, ``y`` shifted by the ``y`` mean for translation-invariant kernels: above
-    ``DIRECT_MAX_D`` (the GEMM distance form), or ``always`` (the closed-form gradient sums)."""
-    if k.translation_invariant and (always or x.shape[1] > DIRECT_MAX_D):
+def _centre(k, x, y):
+    if k.translation_invariant and x.shape[1] > DIRECT_MAX_D:
         c = lax.stop_gradient(jnp.mean(y, axis=0, keepdims=True))
         return x - c, y - c
     return x, y
@@ -199,7 +197,7 @@ def _blocked_matvec(k, x, y, w, block_size):
 
 
 def _blocked_grad_matvec(k, x, y, w, block_size):
-    x, y = _centre(k, x, y, always=True)
+    x, y = _centre(k, x, y)
     return _blocked_reduce(k.grad_block, x, y, w, block_size, (w.shape[1], x.shape[1]))
 
 
