@@ -158,6 +158,13 @@ def test_unknown_flow_raises():
         flows.make("nope", KERNEL)
 
 
+def test_missing_hyperparameter_raises():
+    with pytest.raises(ValueError, match=r"flow 'svgd': missing hyperparameter\(s\) \['logp'\]"):
+        flows.make("svgd", KERNEL)
+    with pytest.raises(ValueError, match=r"flow 'mmd': missing hyperparameter\(s\) \['kernel'\]"):
+        flows.make("mmd")
+
+
 @pytest.fixture(scope="module")
 def results(request):
     # the 8-device subprocess (started by conftest.py when collection finished)

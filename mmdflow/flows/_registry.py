@@ -92,5 +92,14 @@ def make(name: str, kernel: Any = None, **hyper: Any) -> ParticleFlow:
         )
     if kernel is not None:
         hyper["kernel"] = kernel
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in hyper
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ValueError(f"flow {name!r}: missing hyperparameter(s) {missing}.")
     flow_kw = {k: hyper.pop(k) for k in FLOW_PARAMS if k in hyper}
     return ParticleFlow(cls(**hyper), **flow_kw)
