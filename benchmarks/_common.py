@@ -184,3 +184,23 @@ def write_json(path, obj, dumps: Callable[[object], str] | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text((dumps(obj) if dumps else json.dumps(obj, indent=1)) + "\n")
     return path
+
+
+def pair_sweep(
+    stem: str, out, quick: bool, n: int, steps: int, pairs, names, run
+) -> tuple[dict, Path]:
+    """``run(src, tgt, name)`` for every (source, target) pair and config name, each record
+    logged and the JSON (``out``, or :func:`default_out` of ``stem``) rewritten after it, so a
+    stopped sweep keeps what it measured. Returns ``({"meta": ..., "records": [...]}, path)``."""
+    res = {"meta": environment() | {"n": n, "steps": steps, "date": utc_timestamp()}, "records": []}
+    path = out or default_out(stem, quick)
+    for src, tgt in pairs:
+        for name in names:
+            r = run(src, tgt, name)
+            res["records"].append(r)
+            log(
+                f"{r['pair']} {name}: {r['mmd2'][0]:.3e} -> {r['mmd2'][-1]:.3e} "
+                f"({r['reduction']:.3g}x) {r['wall_s']:.1f}s load {r['load']}"
+            )
+            path = write_json(path, res)
+    return res, path

@@ -69,20 +69,8 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     n, steps = (300, 60) if a.quick else (1000, 500)
-    out = {
-        "meta": common.environment() | {"n": n, "steps": steps, "date": common.utc_timestamp()},
-        "records": [],
-    }
-    path = a.out or common.default_out("drmmd_defaults", a.quick)
-    for src, tgt in PAIRS:
-        for name in CONFIGS:
-            r = run_one(src, tgt, name, n, steps)
-            out["records"].append(r)
-            common.log(
-                f"{r['pair']} {name}: {r['mmd2'][0]:.3e} -> {r['mmd2'][-1]:.3e} "
-                f"({r['reduction']:.3g}x) {r['wall_s']:.1f}s load {r['load']}"
-            )
-            path = common.write_json(path, out)
+    run = lambda s, t, name: run_one(s, t, name, n, steps)
+    out, path = common.pair_sweep("drmmd_defaults", a.out, a.quick, n, steps, PAIRS, CONFIGS, run)
     print("| pair | config | final MMD² | reduction | wall s |\n|---|---|---:|---:|---:|")
     for r in out["records"]:
         print(

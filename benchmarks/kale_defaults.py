@@ -94,20 +94,8 @@ def main(argv=None) -> dict:
     n, steps = (150, 30) if a.quick else (1000, 500)
     n, steps = a.n or n, a.steps or steps
     configs = QUICK if a.quick else CONFIGS
-    out = {
-        "meta": common.environment() | {"n": n, "steps": steps, "date": common.utc_timestamp()},
-        "records": [],
-    }
-    path = a.out or common.default_out("kale_defaults", a.quick)
-    for src, tgt in PAIRS:
-        for name, config in configs.items():
-            r = run_one(src, tgt, name, config, n, steps, a.quick)
-            out["records"].append(r)
-            common.log(
-                f"{r['pair']} {name}: {r['mmd2'][0]:.3e} -> {r['mmd2'][-1]:.3e} "
-                f"({r['reduction']:.3g}x) {r['wall_s']:.1f}s load {r['load']}"
-            )
-            path = common.write_json(path, out)
+    run = lambda s, t, name: run_one(s, t, name, configs[name], n, steps, a.quick)
+    out, path = common.pair_sweep("kale_defaults", a.out, a.quick, n, steps, PAIRS, configs, run)
     print(
         "| pair | config | final MMD² | reduction | KALE | Newton / CG its (first, last) "
         "| wall s |\n|---|---|---:|---:|---:|---|---:|"

@@ -125,20 +125,8 @@ def main(argv=None) -> dict:
     configs = QUICK if a.quick else CONFIGS
     if a.configs:
         configs = {c: CONFIGS[c] for c in a.configs}
-    out = {
-        "meta": common.environment() | {"n": n, "steps": steps, "date": common.utc_timestamp()},
-        "records": [],
-    }
-    path = a.out or common.default_out("srmmd_defaults", a.quick)
-    for src, tgt in PAIRS:
-        for name, config in configs.items():
-            r = run_one(src, tgt, name, config, n, steps, a.quick)
-            out["records"].append(r)
-            common.log(
-                f"{r['pair']} {name}: {r['mmd2'][0]:.3e} -> {r['mmd2'][-1]:.3e} "
-                f"({r['reduction']:.3g}x) {r['wall_s']:.1f}s load {r['load']}"
-            )
-            path = common.write_json(path, out)
+    run = lambda s, t, name: run_one(s, t, name, configs[name], n, steps, a.quick)
+    out, path = common.pair_sweep("srmmd_defaults", a.out, a.quick, n, steps, PAIRS, configs, run)
     print(
         "| pair | config | final MMD² | reduction | float64 final MMD² (reduction) | λ SrMMD "
         "| CG its (first, last) | wall s |\n|---|---|---:|---:|---:|---:|---|---:|"
