@@ -166,11 +166,12 @@ out["stepper_rff"] = max(rel(ss.particles(a1), a0.x), rel(g1["mmd2"], g0["mmd2"]
 out["stepper_rff_spec"] = spec(a1.x)
 # every registry flow at its defaults: the padded, sharded run equals the one-device run
 out["registry"] = {}
-for name in flows.FLOWS:
-    kw = flows.FLOWS[name].defaults_for(k, 0.9, xs_.shape[0], 2, jax.random.key(7))
-    density = getattr(flows.FLOWS[name], "target", "samples") == "density"
-    if density:  # the field holds its target (y's law, N(0.7, 0.64 I)) and ignores y
-        kw["logp"] = densities.Gaussian(mean=(0.7, 0.7), cov=((0.64, 0.0), (0.0, 0.64)))
+for name, target in [(n, t) for n in flows.FLOWS for t in flows.targets(n)]:
+    density = target == "density"
+    # a density flow's field holds its target (y's law, N(0.7, 0.64 I)) and ignores y
+    p = {"logp": densities.Gaussian(mean=(0.7, 0.7), cov=((0.64, 0.0), (0.0, 0.64)))}
+    kw = flows.FLOWS[name].defaults_for(k, 0.9, xs_.shape[0], 2, jax.random.key(7),
+                                        **(p if density else {}))
     metric = "ksd2" if density else "mmd2"  # what flows.run records
     fl = flows.make(name, **kw)
     b0, c0 = flows.run(fl, xs_, ys_, num_steps=3, key=jax.random.key(2), record_every=3, wx=ws_)
@@ -181,7 +182,8 @@ for name in flows.FLOWS:
     # the coarsest float in the state (a neural critic's parameters are float32)
     eps = max(float(jnp.finfo(a.dtype).eps) for a in jax.tree.leaves(b0)
               if jnp.issubdtype(a.dtype, jnp.floating))
-    out["registry"][name] = {"rel": err, "eps": eps}
+    case = f"{name}-density" if density and len(flows.targets(name)) > 1 else name
+    out["registry"][case] = {"rel": err, "eps": eps}
 
 # data-parallel generator step (Flax generator, uneven batches): direction + optax update
 import optax

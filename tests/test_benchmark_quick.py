@@ -146,6 +146,8 @@ def test_flows_compare_covers_every_registry_flow():
     bench = load_benchmark("flows_compare")
     assert bench.parse_args([]).flows == list(flows.FLOWS)
     for name in flows.FLOWS:
-        kind = bench.DENSITY_PROBLEMS if bench.is_density_flow(name) else bench.SAMPLE_PROBLEMS
-        assert kind
-    assert {"svgd", "ksd"} <= {n for n in flows.FLOWS if bench.is_density_flow(n)}
+        assert bench.takes(name, density=True) or bench.takes(name, density=False)
+    density = {n for n in flows.FLOWS if bench.takes(n, density=True)}
+    samples = {n for n in flows.FLOWS if bench.takes(n, density=False)}
+    assert {"svgd", "ksd", "srmmd"} <= density and {"mmd", "srmmd"} <= samples
+    assert bench.DENSITY_PROBLEMS and bench.SAMPLE_PROBLEMS

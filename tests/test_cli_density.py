@@ -1,4 +1,4 @@
-"""``mmdflow flow --density``: density flows (svgd, ksd) on the command line."""
+"""``mmdflow flow --density``: density flows (svgd, ksd, srmmd) on the command line."""
 
 import json
 import shutil
@@ -124,6 +124,23 @@ def test_user_density_without_sampler_in_3d(tmp_path, capsys, user_module):
     assert (out / "flow.png").read_bytes()[:8] == PNG_MAGIC  # PCA of the final particles
 
 
+def test_srmmd_toward_a_density(tmp_path, capsys):
+    """``srmmd`` takes samples or, given ``--density``, a density (the Stein kernel): its
+    ``--reg`` is then in units of ``bandwidth^-4`` (the sample flow's: ``bandwidth^-2``)."""
+    out = tmp_path / "srmmd"
+    args = ["flow", "--method", "srmmd", "--density", "mixture", *TINY, "--steps", 6]
+    rc, stdout, err = _run(capsys, *args, "--reg", 0.5, "--out", out)
+    assert rc == 0, err
+    m = _metrics(out)
+    s = m["settings"]
+    assert s["kernel"]["type"] == "Gaussian" and "KSD^2" in stdout
+    bw = s["bandwidth"]
+    np.testing.assert_allclose(s["reg_absolute"], 0.5 / bw**4, rtol=1e-6)
+    assert "bandwidth^-4" in s["reg_rule"] and s["alpha"] == 1.0
+    assert m["history"]["ksd2"][-1] < m["history"]["ksd2"][0]
+    assert (out / "ksd.png").read_bytes()[:8] == PNG_MAGIC
+
+
 def _bad(tmp_path):
     three = tmp_path / "three.npy"
     np.save(three, np.zeros((10, 3)))
@@ -137,7 +154,12 @@ def _bad(tmp_path):
         "non-scalar": ([*svgd, "--density", "mydens:vector_logp"], "floating scalar"),
         "wrong-dim": ([*svgd, "--density", "mixture", "--dim", 3], "2-dimensional"),
         "source-dim": ([*svgd, "--density", "funnel", "--source", three, "--dim", 2], "d=3"),
-        "density-sample-flow": (["--density", "banana"], "--density applies to the density"),
+        "density-sample-flow": (["--density", "banana"], "--density applies to the flows that"),
+        "target-and-density": (
+            ["--method", "srmmd", "--density", "banana", "--target", "rings"],
+            "give one target",
+        ),
+        "srmmd-nan": (["--method", "srmmd", "--density", "mydens:nan_logp"], "not finite"),
         "target-density-flow": ([*svgd, "--target", "rings"], "--target does not apply"),
         "no-density": (svgd, "give --density NAME"),
         "dim-alone": (["--dim", 3], "--dim applies with --density"),
@@ -156,6 +178,8 @@ def _bad(tmp_path):
         "wrong-dim",
         "source-dim",
         "density-sample-flow",
+        "target-and-density",
+        "srmmd-nan",
         "target-density-flow",
         "no-density",
         "dim-alone",

@@ -17,9 +17,15 @@ import pytest
 from mmdflow import densities, flows, kernels
 
 NAMES = list(flows.FLOWS)
-# flows toward a density (the field holds a log-density; no target samples)
-DENSITY_NAMES = [n for n in NAMES if getattr(flows.FLOWS[n], "target", "samples") == "density"]
-SAMPLE_NAMES = [n for n in NAMES if n not in DENSITY_NAMES]
+# every flow on every target it takes: "srmmd" toward samples and toward a density (the
+# field holds a log-density; no target samples), as "srmmd" and "srmmd-density"
+CASES = {
+    f"{n}-density" if t == "density" and len(flows.targets(n)) > 1 else n: (n, t)
+    for n in NAMES
+    for t in flows.targets(n)
+}
+DENSITY_NAMES = [c for c, (_, t) in CASES.items() if t == "density"]
+SAMPLE_NAMES = [c for c, (_, t) in CASES.items() if t == "samples"]
 N, D, BW = 120, 2, 1.0
 KERNEL = kernels.Gaussian(BW)
 # the density flows' target: y's mean, at the length scale BW their default steps assume
@@ -34,10 +40,10 @@ def _pair(dtype=np.float32):
     return jnp.asarray(x, dtype), jnp.asarray(y, dtype)
 
 
-def _flow(name, **over):
-    kw = flows.FLOWS[name].defaults_for(KERNEL, BW, N, D, jax.random.key(5))
-    if name in DENSITY_NAMES:
-        kw["logp"] = TARGET
+def _flow(case, **over):
+    name, target = CASES[case]
+    density = {"logp": TARGET} if target == "density" else {}
+    kw = flows.FLOWS[name].defaults_for(KERNEL, BW, N, D, jax.random.key(5), **density)
     return flows.make(name, **{**kw, **over})
 
 
@@ -58,11 +64,12 @@ def _mmd2_np(x, y):
 
 
 def test_registry_names_and_defaults():
-    assert {"sobolev", "mmd", "neural-sobolev"} <= set(SAMPLE_NAMES)
-    assert {"svgd", "ksd"} <= set(DENSITY_NAMES)
-    for name in NAMES:
-        f = _flow(name)
+    assert {"sobolev", "mmd", "neural-sobolev", "srmmd"} <= set(SAMPLE_NAMES)
+    assert {"svgd", "ksd", "srmmd-density"} <= set(DENSITY_NAMES)
+    for case, (_, target) in CASES.items():
+        f = _flow(case)
         assert isinstance(f, flows.ParticleFlow) and f.kernel is KERNEL
+        assert getattr(f.field, "target", "samples") == target
 
 
 @pytest.mark.parametrize("name", SAMPLE_NAMES)
@@ -100,7 +107,7 @@ def test_ksd2_decreases_toward_a_2d_density(name):
     assert np.all(np.isfinite(hist["kinetic"][1:])) and np.all(hist["kinetic"][1:] > 0)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_jitted_step_traces_once(name):
     x, y = _pair()
     y = _target(name, y)
@@ -120,7 +127,7 @@ def test_jitted_step_traces_once(name):
     assert int(state.count) == 3
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_float32_and_float64(name):
     with jax.enable_x64(True):
         x64, y64 = _pair(np.float64)
@@ -137,7 +144,7 @@ def test_float32_and_float64(name):
     assert np.abs(np.asarray(s32.x, np.float64) - np.asarray(s64.x)).max() < 1e-3 * max(moved, 1)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize(
     ("over", "match"),
     [
@@ -173,7 +180,7 @@ def results(request):
 
 def test_sharded_registry_flows_equal_one_device(results):
     sharded = results["registry"]
-    assert set(sharded) == set(NAMES)
+    assert set(sharded) == set(CASES)
     for name, r in sharded.items():  # summation order only: a few hundred ulps
         assert r["rel"] < 1e3 * r["eps"], (name, r)
     assert sharded["mmd"]["eps"] == np.finfo(np.float64).eps  # the check runs in float64

@@ -202,3 +202,112 @@ def test_schedules_are_read_at_each_step():
 def test_bad_hyperparameters(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         fields.SrMMDField(kernels.Gaussian(1.0), **bad)
+
+
+# ---------------------------------------------------------------- toward a density
+# The same maximisation in the RKHS of the Stein kernel k_p (Gaussian base kernel, Gaussian
+# target), where mu_P = 0: delta = -sum_i a_i k_p(., x_i) lies in the span of
+# psi = [k_p(., x_i), d_b k_p(., x_i)]. k_p is written from its formula; its derivatives
+# are central differences (Richardson-extrapolated), not autodiff.
+MU = np.array([0.4, -0.3])
+PREC = np.linalg.inv(np.array([[1.0, 0.3], [0.3, 0.6]]))
+
+
+def _kp(p, q):
+    """``k_p(p, q)`` of points ``[..., d]`` (broadcast): ``s.s' k + s.grad_q k + s'.grad_p k
+    + tr grad_p grad_q k`` with ``s = -PREC (x - MU)``."""
+    sp, sq = -(p - MU) @ PREC, -(q - MU) @ PREC
+    r = p - q
+    r2 = (r * r).sum(-1)
+    k = np.exp(-r2 / (2 * S**2))
+    d = p.shape[-1]
+    return k * ((sp * sq).sum(-1) + ((sp - sq) * r).sum(-1) / S**2 + d / S**2 - r2 / S**4)
+
+
+def _fd(f, p, q, h):
+    """Central differences of ``f(p, q)`` (``[np, nq]``): ``(d_p f, d_q f, d_p d_q f)``."""
+    d = p.shape[1]
+    pp, qq = p[:, None, :], q[None, :, :]
+    e = np.eye(d) * h
+    g1 = np.stack([(f(pp + e[a], qq) - f(pp - e[a], qq)) / (2 * h) for a in range(d)], -1)
+    g2 = np.stack([(f(pp, qq + e[b]) - f(pp, qq - e[b])) / (2 * h) for b in range(d)], -1)
+    hh = np.stack(
+        [
+            np.stack(
+                [
+                    (
+                        f(pp + e[a], qq + e[b])
+                        - f(pp + e[a], qq - e[b])
+                        - f(pp - e[a], qq + e[b])
+                        + f(pp - e[a], qq - e[b])
+                    )
+                    / (4 * h * h)
+                    for b in range(d)
+                ],
+                -1,
+            )
+            for a in range(d)
+        ],
+        -2,
+    )
+    return g1, g2, hh
+
+
+def _kp_derivs(p, q, h=1e-2):
+    """Richardson's extrapolation of :func:`_fd` (error ``O(h^4)``)."""
+    coarse, fine = _fd(_kp, p, q, h), _fd(_kp, p, q, h / 2)
+    return [(4 * b - a) / 3 for a, b in zip(coarse, fine, strict=True)]
+
+
+def _density_reference(z, x, alpha, lam, a):
+    """(velocity at z, ``lambda <delta, h>``) on the density, dense float64."""
+    n, d = x.shape
+
+    def span_grads(pts):  # [np, L, d]: grad psi_l; grad_z d_{q_b} k_p(z, x_i) = hh[z, i, :, b]
+        g1, _, hh = _kp_derivs(pts, x)
+        return np.concatenate([g1, hh.transpose(0, 1, 3, 2).reshape(len(pts), n * d, d)], axis=1)
+
+    _, g2, hh = _kp_derivs(x, x)
+    kd = g2.reshape(n, n * d)  # <k_p(., x_j), d_b k_p(., x_i)> = d_{q_b} k_p(x_j, q) at x_i
+    dd = hh.transpose(0, 2, 1, 3).reshape(n * d, n * d)
+    gram = np.block([[_kp(x[:, None], x[None]), kd], [kd.T, dd]])
+    jac = span_grads(x)
+    w = np.concatenate([-a, np.zeros(n * d)])
+    pen = np.einsum("i,ild,imd->lm", a, jac, jac)
+    beta = np.linalg.lstsq(alpha * pen + lam * gram, gram @ w, rcond=1e-13)[0]
+    return lam * np.einsum("zld,l->zd", span_grads(z), beta), lam * w @ gram @ beta
+
+
+def _density():
+    from mmdflow import densities
+
+    return densities.Gaussian(mean=tuple(MU), cov=np.linalg.inv(PREC).tolist())
+
+
+@pytest.mark.parametrize(("alpha", "lam"), [(1.0, 0.3), (0.5, 3.0)])
+def test_density_velocity_and_value_match_the_dense_float64_reference(alpha, lam):
+    with jax.enable_x64(True):
+        x, _, z, a, _ = _data(n=9)
+        f = _field(alpha, lam, logp=_density())
+        assert f.target == "density" and f.step_size == 3.0
+        vel, _, aux = f.fit(jnp.asarray(x), jnp.asarray(a), None, None, None, None, 0)
+        v_ref, val_ref = _density_reference(np.concatenate([z, x]), x, alpha, lam, a)
+        scale = np.abs(v_ref).max()
+        np.testing.assert_allclose(vel.fn(jnp.asarray(z)), v_ref[:5], rtol=0, atol=1e-7 * scale)
+        np.testing.assert_allclose(vel.at_x, v_ref[5:], rtol=0, atol=1e-7 * scale)
+        np.testing.assert_allclose(aux["critic"], val_ref, rtol=1e-7)
+        # the Stein kernel's MMD^2 is KSD^2 (V-statistic)
+        ksd2 = a @ _kp(x[:, None], x[None]) @ a
+        np.testing.assert_allclose(aux["mmd2_critic"], ksd2, rtol=1e-12)
+
+
+def test_density_alpha_zero_is_half_ksd_descent():
+    with jax.enable_x64(True):
+        x, _, z, a, _ = _data(n=9)
+        p = _density()
+        v0 = _field(0.0, 0.7, logp=p).fit(jnp.asarray(x), jnp.asarray(a), None, None, None, None, 0)
+        vk = fields.KSDField(p, kernels.Gaussian(S)).fit(
+            jnp.asarray(x), jnp.asarray(a), None, None, None, None, 0
+        )
+        zj = jnp.asarray(z)
+        np.testing.assert_allclose(v0[0].fn(zj), 0.5 * vk[0].fn(zj), rtol=1e-12, atol=1e-14)

@@ -1,4 +1,5 @@
-"""``mmdflow flow --density``: the target log-density of a density flow (``svgd``, ``ksd``).
+"""``mmdflow flow --density``: the target log-density of a density flow (``svgd``, ``ksd``,
+``srmmd``).
 
 ``--density NAME`` is a key of :data:`mmdflow.densities.DENSITIES` or ``module:function``
 (a JAX-traceable function mapping a ``[d]`` point to ``log p``, up to a constant; the

@@ -1,8 +1,9 @@
 """``mmdflow flow``: particles from a source to a target point cloud, or to a density.
 
 Sample flows (``--method sobolev|mmd|...``) move toward ``--target`` samples; density flows
-(fields with ``target = "density"``: ``svgd``, ``ksd``) toward ``--density`` (a log-density,
-:mod:`mmdflow.cli._density`), recording ``KSD^2`` instead of ``MMD^2``.
+(``svgd``, ``ksd``; ``srmmd`` takes either: :func:`mmdflow.flows.targets`) toward
+``--density`` (a log-density, :mod:`mmdflow.cli._density`), recording ``KSD^2`` instead of
+``MMD^2``.
 """
 
 from __future__ import annotations
@@ -65,18 +66,20 @@ _NOT_PARAMS = (
 DEFAULT_TARGET = "8gaussians"
 
 
-def is_density_method(method: str) -> bool:
-    """Whether flow ``method`` of the registry moves toward a density (``target = "density"``)."""
+def is_density_run(args) -> bool:
+    """Whether this run moves particles toward a density: ``--method`` takes only densities
+    (``svgd``, ``ksd``), or takes both (``srmmd``) and ``--density`` is given."""
     from mmdflow import flows
 
-    return getattr(flows.FLOWS[method], "target", "samples") == "density"
+    kinds = flows.targets(args.method)
+    return "density" in kinds and ("samples" not in kinds or args.density is not None)
 
 
 def _resolve_defaults(args) -> None:
     """Defaults that depend on ``--method``: ``--target`` (sample flows) and ``--kernel``
     (``mixture`` for sample flows, ``gaussian`` for density flows, whose default steps were
     measured with one Gaussian)."""
-    density = is_density_method(args.method)
+    density = is_density_run(args)
     if args.kernel is None:
         args.kernel = "gaussian" if density else "mixture"
     if args.target is None and not density:
@@ -121,9 +124,8 @@ def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int, mesh=None
 
     cls = flows.FLOWS[args.method]
     params = set(flows.field_params(args.method))
-    kw = cls.defaults_for(kernel, bandwidth, n, d, jax.random.key(args.seed + 2))
-    if logp is not None:
-        kw["logp"] = logp
+    density = {} if logp is None else {"logp": logp}
+    kw = cls.defaults_for(kernel, bandwidth, n, d, jax.random.key(args.seed + 2), **density)
     settings = {}
     if args.step_size is not None:
         kw["step_size"] = args.step_size
@@ -135,6 +137,8 @@ def _make_flow_stepper(args, kernel, bandwidth: float, n: int, d: int, mesh=None
         settings["max_move_rule"] = "a particle moves at most max_move * bandwidth per step"
     if "reg" in params:
         p = getattr(cls, "reg_power", 0)
+        if logp is not None:
+            p = getattr(cls, "density_reg_power", p)
         unit = bandwidth**p  # --reg is in units of this
         if args.reg is not None:
             kw["reg"] = args.reg * unit
@@ -181,7 +185,8 @@ def _check_options(args) -> None:
     from mmdflow import flows
 
     params = set(flows.field_params(args.method))  # --method is one of them (parser choices)
-    if is_density_method(args.method):
+    kinds = flows.targets(args.method)
+    if "samples" not in kinds:
         if args.target is not None:
             raise CLIError(
                 f"--target does not apply to --method {args.method} (a density flow): give "
@@ -193,10 +198,14 @@ def _check_options(args) -> None:
                 "(a name of mmdflow.densities.DENSITIES or MODULE:FUNCTION)"
             )
     elif args.density is not None:
-        raise CLIError(
-            f"--density applies to the density flows ({', '.join(_density_methods())}); "
-            f"--method {args.method} moves toward --target samples"
-        )
+        if "density" not in kinds:
+            raise CLIError(
+                f"--density applies to the flows that take a density "
+                f"({', '.join(_density_methods())}); --method {args.method} moves toward "
+                "--target samples"
+            )
+        if args.target is not None:
+            raise CLIError("--target and --density: give one target (samples or a density)")
     if args.dim is not None and args.density is None:
         raise CLIError("--dim applies with --density (the dimension of the log-density)")
     if args.reg is not None and "reg" not in params:
@@ -215,7 +224,7 @@ def _check_options(args) -> None:
 def _density_methods() -> list[str]:
     from mmdflow import flows
 
-    return [m for m in flows.FLOWS if is_density_method(m)]
+    return [m for m in flows.FLOWS if "density" in flows.targets(m)]
 
 
 def _load_source(args, d: int | None):
@@ -276,7 +285,7 @@ def _cmd_flow(args) -> int:
     out = Path(args.out)  # as given, for messages
     ckpt_path = rundir.path / resume.CHECKPOINT
     _resolve_defaults(args)
-    density = is_density_method(args.method)
+    density = is_density_run(args)
     meta = None
     if args.resume:  # first: a changed option is named even if it is also misplaced
         meta = resume.read_meta(ckpt_path, args.out)

@@ -19,7 +19,7 @@ from mmdflow.cli._rundir import add_resume_options
 from mmdflow.cli._train import add_parser as add_train_parser
 from mmdflow.densities import DENSITIES
 from mmdflow.fields._sobolev import DEFAULT_NUM_FEATURES, EXACT_MAX_SIZE, REG, STEP_SIZE
-from mmdflow.flows import FLOWS
+from mmdflow.flows import FLOWS, targets
 
 
 def _add_common(
@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
             "DIR/trajectory.npz, DIR/metrics.json, DIR/flow.png and DIR/mmd.png. SOURCE and "
             "TARGET are 2-D toy shapes (gaussian, moons, rings, spiral, checkerboard, "
             "8gaussians, swissroll, heart, letter, mask:<text>), 'digits', or .npy files "
-            "holding an [N, d] array. Density flows (--method svgd|ksd) move the particles "
-            "toward --density instead and write DIR/ksd.png in place of DIR/mmd.png."
+            "holding an [N, d] array. Density flows (--method svgd|ksd, and srmmd given "
+            "--density) move the particles toward --density instead and write DIR/ksd.png in "
+            "place of DIR/mmd.png."
         ),
     )
     f.add_argument(
@@ -97,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="NAME",
         help="target log-density of a density flow (--method "
-        f"{'|'.join(m for m in FLOWS if getattr(FLOWS[m], 'target', '') == 'density')}), "
-        "required by them and only allowed with them: a built-in "
+        f"{'|'.join(m for m in FLOWS if 'density' in targets(m))}; "
+        "required by those that take no samples): a built-in "
         f"({', '.join(sorted(DENSITIES))}; with exact samples, the reference of the final "
         "MMD^2) or MODULE:FUNCTION, a JAX-traceable log p of a [d] point (up to a constant); "
         "default bandwidth: Liu & Wang's median rule, median distance / sqrt(2 log(n + 1)) of "

@@ -21,10 +21,11 @@ interface is :class:`VelocityField`; a new flow is a new field plus one line in
   solved by Newton's method with CG on kernel sums.
 * :class:`SrMMDField`: the Sobolev-regularized MMD witness (Tian et al., arXiv 2605.11884):
   a gradient penalty interpolating the MMD flow and kernel Sobolev descent, CG on
-  cross-Hessian kernel sums.
+  cross-Hessian kernel sums; toward samples, or toward a density with the Stein kernel.
 
-Every field has ``defaults_for(kernel, bandwidth, n, d, key)``: its flow's and its own
-hyperparameters for data at length scale ``bandwidth`` (what ``mmdflow flow`` uses).
+Every field has ``defaults_for(kernel, bandwidth, n, d, key)`` (density fields also
+``logp=``): its flow's and its own hyperparameters for data at length scale ``bandwidth``
+(what ``mmdflow flow`` uses).
 
 Example:
   >>> import jax

@@ -7,6 +7,8 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 
+from mmdflow.ops import check_kernel, check_sum_config
+
 
 class Velocity(NamedTuple):
     """A fitted velocity field: what a field's ``fit`` returns for one step.
@@ -39,9 +41,12 @@ class VelocityField(Protocol):
       discrepancy estimate, or absent).
 
     A field that moves particles toward a density rather than samples (SVGD, KSD descent)
-    holds its target log-density ``logp`` and has the class attribute
-    ``target = "density"``: its flow's steps and ``fit`` get ``y=None``, and
-    :func:`mmdflow.flows.run` records KSD^2 instead of MMD^2. Sample fields omit it.
+    holds its target log-density ``logp`` and has the attribute ``target = "density"``:
+    its flow's steps and ``fit`` get ``y=None``, and :func:`mmdflow.flows.run` records
+    KSD^2 instead of MMD^2; its ``defaults_for`` takes ``logp=``. Sample fields omit it. A
+    field that takes either (SrMMD) lists both in the class attribute ``targets`` and its
+    instances answer ``target`` by whether they hold a ``logp``
+    (:func:`mmdflow.flows.targets`).
     """
 
     kernel: Any
@@ -64,3 +69,21 @@ class VelocityField(Protocol):
 def schedule_value(v, count):
     """A hyperparameter that is a constant or a schedule ``count -> value``."""
     return v(count) if callable(v) else v
+
+
+def check_density_field(owner: str, logp, kernel, sums) -> None:
+    """The shared checks of the density fields' hyperparameters."""
+    if not callable(logp):
+        raise ValueError(
+            f"{owner}: `logp` must be a log-density [d] -> scalar (a function or one of "
+            f"mmdflow.densities); got {logp!r}."
+        )
+    try:
+        hash(logp)
+    except TypeError as e:
+        raise ValueError(
+            f"{owner}: `logp` must be hashable (it is part of the jit cache key); got "
+            f"{type(logp).__name__}."
+        ) from e
+    check_kernel(kernel)
+    check_sum_config(owner, sums)

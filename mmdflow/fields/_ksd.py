@@ -10,9 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from mmdflow.densities import check_logp, score
-from mmdflow.fields._base import Velocity
-from mmdflow.fields._svgd import check_density_field
-from mmdflow.kernels import Kernel, Stein
+from mmdflow.fields._base import Velocity, check_density_field
+from mmdflow.kernels import Kernel, stein_kernel
 from mmdflow.ops import SumConfig, kernel_grad_matvec, kernel_matvec
 
 #: :meth:`KSDField.defaults_for` (and the class default, for bandwidth 1): the step is this
@@ -43,9 +42,9 @@ class KSDField:
     (``k_p(z, .)`` differentiated in ``z`` through ``z``'s score too, i.e. through the
     Hessian of ``log p``), which at a particle is ``-grad_{x_i} KSD^2 / w_i``: Korba et
     al.'s particle gradient, rescaled by the number of particles so that a step does not
-    depend on it. One kernel-gradient sum on the augmented points ``[x, grad log p(x)]``
-    (``Stein.grad_block``, reverse mode within a tile) and one vector-Jacobian product
-    of the score; zero-weight particles drop out. The target is the density
+    depend on it. One kernel-gradient sum of :func:`mmdflow.kernels.stein_kernel` (on the
+    augmented points ``[x, grad log p(x)]``, then one vector-Jacobian product of the
+    score); zero-weight particles drop out. The target is the density
     (``target = "density"``): ``y`` is ignored.
 
     Attributes:
@@ -79,11 +78,18 @@ class KSDField:
 
     @classmethod
     def defaults_for(
-        cls, kernel: Kernel, bandwidth: float, n: int, d: int, key: jax.Array
+        cls,
+        kernel: Kernel,
+        bandwidth: float,
+        n: int,
+        d: int,
+        key: jax.Array,
+        logp: Callable[[jax.Array], jax.Array] | None = None,
     ) -> dict[str, Any]:
         """Flow and field hyperparameters for a target at length scale ``bandwidth``: a
-        step of :data:`STEP_FACTOR` x ``bandwidth**4`` (``logp`` is not among them)."""
-        return {"kernel": kernel, "step_size": STEP_FACTOR * bandwidth**4}
+        step of :data:`STEP_FACTOR` x ``bandwidth**4``, and ``logp`` when given."""
+        out = {"kernel": kernel, "step_size": STEP_FACTOR * bandwidth**4}
+        return out if logp is None else {**out, "logp": logp}
 
     def init(self, x0: jax.Array, key: jax.Array, y: jax.Array | None = None) -> None:
         score(self.logp, x0)  # a bad logp fails here, at the start (ValueError)
@@ -96,16 +102,10 @@ class KSDField:
           ``(velocity, extra, aux)``, aux with ``critic``: ``KSD^2`` (V-statistic).
         """
         check_logp(self.logp, x, "KSDField")
-        d, sums = x.shape[1], self.sums
-        ks = Stein(self.kernel, d)
-        sc = jax.vmap(jax.grad(self.logp))
-        zx = jnp.concatenate([x, sc(x).astype(x.dtype)], axis=1)
-        h = kernel_matvec(ks, zx, zx, wx, sums=sums)  # [n]: sum_j w_j k_p(x_i, x_j)
+        kp, sums = stein_kernel(self.kernel, self.logp, x.shape[1]), self.sums
+        h = kernel_matvec(kp, x, x, wx, sums=sums)  # [n]: sum_j w_j k_p(x_i, x_j)
 
         def fn(q):
-            s_q, pull = jax.vjp(sc, q)
-            zq = jnp.concatenate([q, s_q.astype(q.dtype)], axis=1)
-            g = kernel_grad_matvec(ks, zq, zx, wx, sums=sums)  # [nq, 2 d]
-            return -2.0 * (g[:, :d] + pull(g[:, d:].astype(s_q.dtype))[0].astype(q.dtype))
+            return -2.0 * kernel_grad_matvec(kp, q, x, wx, sums=sums)
 
         return Velocity(None, fn), extra, {"critic": jnp.dot(wx, h)}

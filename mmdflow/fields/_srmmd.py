@@ -47,16 +47,21 @@ Finite-sample form (the push-through identity of :func:`mmdflow.sobolev.exact_cr
 Zero-weight particles (padding on a mesh) have ``s_i = 0``, hence ``c_i = 0`` and
 ``e_i = 0``: they drop out exactly; zero-weight targets enter only through ``b``.
 
-Not implemented: the paper's sampling variant (SrMMD with a Stein kernel ``k_p`` on an
-unnormalized density, ``mu_P = 0``). ``D_Q`` then needs the cross-Hessian of ``k_p`` in the
-original coordinates, i.e. third and fourth derivatives of the base kernel and the Hessian of
-``log p`` (the chain rule through the scores of :class:`mmdflow.kernels.Stein`'s augmented
-points), which :class:`~mmdflow.kernels.Stein` does not provide (no ``hess_block``).
+On a density (the paper's sampling variant: an unnormalized target ``p``, ``logp``
+given): the same formulas in the RKHS of the Stein kernel ``k_p`` of ``kernel``
+(:func:`mmdflow.kernels.stein_kernel`), where ``mu_P = E_p k_p(., x) = 0`` (Stein's
+identity), so ``delta = -mu_Q``, its squared norm is ``KSD^2`` and ``g_i = -sum_j a_j
+grad_1 k_p(x_i, x_j)``; the cross-Hessian sums of ``k_p`` in the original coordinates are
+``J(x_i)^T H_Stein J(x_j) e_j`` with ``J(x) = [I; Hess log p(x)]`` (the augmented points'
+Jacobian: a JVP and a VJP of the score). ``alpha = 0`` is then half of KSD descent's
+velocity (:class:`~mmdflow.fields.KSDField`); ``D_Q`` has units ``1 / length^4`` and
+``lambda`` is given in those (``density_reg_power = -4``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
 import jax
@@ -71,10 +76,18 @@ from mmdflow._checks import (
     normalized_weights,
 )
 from mmdflow._linalg import cg
-from mmdflow.fields._base import Velocity, schedule_value
-from mmdflow.kernels import Kernel
+from mmdflow.densities import check_logp, score
+from mmdflow.fields._base import Velocity, check_density_field, schedule_value
+from mmdflow.kernels import Kernel, stein_kernel
 from mmdflow.mmd import witness, witness_grad
-from mmdflow.ops import SumConfig, check_kernel, check_sum_config, kernel_hessian_matvec
+from mmdflow.ops import (
+    SumConfig,
+    check_kernel,
+    check_sum_config,
+    kernel_grad_matvec,
+    kernel_hessian_matvec,
+    kernel_matvec,
+)
 
 #: :meth:`SrMMDField.defaults_for`: the interpolation ``alpha`` (the velocity depends on
 #: ``alpha / lambda`` only, so ``alpha`` stays at 1, the Sobolev end, and :data:`REG` sets
@@ -95,6 +108,20 @@ REG = 1.0
 #: flow's: ``lambda grad h`` is its velocity contracted by ``(I + (alpha / lambda) D_Q)^-1``;
 #: measured with :data:`REG`, above).
 STEP_FACTOR = 1.0
+#: :meth:`SrMMDField.defaults_for` on a density: ``lambda`` in units of ``1 / bandwidth**4``.
+#: Measured (``benchmarks/density_defaults.py srmmd``: 200 particles from N(0, I), 500 steps,
+#: alpha 1, Gaussian kernel of bandwidth 1; MMD^2 x 1e-4 to 2,000 exact samples on gaussian /
+#: mixture / banana / funnel, 200 exact samples: 19 / 33 / 20 / 24): lambda 1 at steps 0.1 /
+#: 0.3 / 1 / 3: 4.3 / 426 / 63 / 218, 4.3 / 381 / 31 / 86, 4.3 / 281 / 13 / 38, 4.2 / 111 /
+#: 7.5 / 522 (step 10 diverges); lambda 10 at step 1 ~ lambda 1, at 3 worse (273 on the
+#: gaussian); lambda 0.1 at steps 1 / 3 / 10 / 30: 4.3 / 276 / 14 / 41, **4.2 / 103 / 7.6 /
+#: 29**, 4.2 / 88 / 6.3 / 24, diverges (gaussian 349, funnel NaN); lambda 0.01: NaN on the
+#: funnel at every step (CG on a near-singular system). KSD descent at its default: 4.3 /
+#: 411 / 40 / 436; SVGD at its default: 4.3 / 3.0 / 6.3 / 64.
+DENSITY_REG = 0.1
+#: ... and the step, in units of ``bandwidth**4`` (KSD descent's units): 3, a factor 3 under
+#: the largest stable step measured with :data:`DENSITY_REG` (above).
+DENSITY_STEP_FACTOR = 3.0
 
 
 class SrMMDState(NamedTuple):
@@ -126,15 +153,22 @@ class SrMMDField:
       reg: ``lambda > 0`` or a schedule; in units of ``1 / length^2`` (``D_Q``'s).
       cg_tol, cg_maxiter: CG stopping rule (relative residual).
       sums: how the kernel sums run (:class:`mmdflow.ops.SumConfig`; on a mesh, collectives).
+      logp: ``None`` (the target is samples ``y``) or a target log-density ``[d] -> scalar``
+        up to a constant (hashable; three times differentiable): the flow then moves toward
+        that density with the Stein kernel of ``kernel`` (module docstring), ``reg`` in
+        units of ``1 / length^4``, and ``y`` is ignored.
 
     Example:
       >>> import jax
-      >>> from mmdflow import fields, kernels
+      >>> from mmdflow import densities, fields, kernels
       >>> x = jax.random.normal(jax.random.key(0), (30, 2))
       >>> f = fields.SrMMDField(kernels.Gaussian(1.0), alpha=1.0, reg=0.5)
       >>> vel, _, aux = f.fit(x, None, x + 1.0, None, None, None, 0)
       >>> vel.at_x.shape
       (30, 2)
+      >>> fd = fields.SrMMDField(kernels.Gaussian(1.0), logp=densities.Banana())
+      >>> fd.target, fd.fit(x, None, None, None, None, None, 0)[0].at_x.shape
+      ('density', (30, 2))
     """
 
     kernel: Kernel
@@ -143,10 +177,24 @@ class SrMMDField:
     cg_tol: float = 1e-6
     cg_maxiter: int = 100
     sums: SumConfig = SumConfig()
-    #: the flow's default Euler step
-    step_size: ClassVar[float] = 1.0
+    logp: Callable[[jax.Array], jax.Array] | None = None
     #: ``reg`` scales like ``bandwidth ** reg_power`` (``mmdflow flow --reg`` is in those units)
     reg_power: ClassVar[int] = -2
+    #: ... and like ``bandwidth ** density_reg_power`` on a density (the Stein kernel's units)
+    density_reg_power: ClassVar[int] = -4
+    #: the targets the field takes: samples, or a density when ``logp`` is given
+    targets: ClassVar[tuple[str, ...]] = ("samples", "density")
+
+    @property
+    def step_size(self) -> float:
+        """The flow's default Euler step: :data:`STEP_FACTOR`, or :data:`DENSITY_STEP_FACTOR`
+        on a density (for bandwidth 1; :meth:`defaults_for` scales them)."""
+        return STEP_FACTOR if self.logp is None else DENSITY_STEP_FACTOR
+
+    @property
+    def target(self) -> str:
+        """``"density"`` when ``logp`` is given, else ``"samples"``."""
+        return "samples" if self.logp is None else "density"
 
     def __post_init__(self):
         cls = "SrMMDField"
@@ -162,14 +210,32 @@ class SrMMDField:
         check_hyper(cls, "cg_tol", self.cg_tol)
         check_int(cls, "cg_maxiter", self.cg_maxiter)
         check_sum_config(cls, self.sums)
+        if self.logp is not None:
+            check_density_field(cls, self.logp, self.kernel, self.sums)
 
     @classmethod
     def defaults_for(
-        cls, kernel: Kernel, bandwidth: float, n: int, d: int, key: jax.Array
+        cls,
+        kernel: Kernel,
+        bandwidth: float,
+        n: int,
+        d: int,
+        key: jax.Array,
+        logp: Callable[[jax.Array], jax.Array] | None = None,
     ) -> dict[str, Any]:
         """Flow and field hyperparameters for data at length scale ``bandwidth``: a step of
         :data:`STEP_FACTOR` x ``bandwidth**2``, ``alpha`` :data:`ALPHA` and ``reg``
-        :data:`REG` ``/ bandwidth**2``."""
+        :data:`REG` ``/ bandwidth**2``; toward a density ``logp``: a step of
+        :data:`DENSITY_STEP_FACTOR` x ``bandwidth**4`` and ``reg`` :data:`DENSITY_REG`
+        ``/ bandwidth**4``."""
+        if logp is not None:
+            return {
+                "kernel": kernel,
+                "step_size": DENSITY_STEP_FACTOR * bandwidth**4,
+                "alpha": ALPHA,
+                "reg": DENSITY_REG / bandwidth**4,
+                "logp": logp,
+            }
         return {
             "kernel": kernel,
             "step_size": STEP_FACTOR * bandwidth**2,
@@ -178,25 +244,49 @@ class SrMMDField:
         }
 
     def init(self, x0: jax.Array, key: jax.Array, y: jax.Array | None = None) -> SrMMDState | None:
-        """The state: CG's warm start ``[n, d]`` when the target ``y`` is given (``flows.run``
-        and ``mmdflow flow`` give it), else ``None`` (every solve starts from zero)."""
+        """The state: CG's warm start ``[n, d]`` on a density, or when the target ``y`` is
+        given (``flows.run`` and ``mmdflow flow`` give it); else ``None`` (every solve
+        starts from zero). A bad ``logp`` fails here (ValueError)."""
+        if self.logp is not None:
+            score(self.logp, x0)
+            return SrMMDState(jnp.zeros(x0.shape, x0.dtype))
         if y is None:
             return None
         return SrMMDState(jnp.zeros(x0.shape, jnp.result_type(x0.dtype, y.dtype)))
 
     def fit(self, x, wx, y, wy, extra, key, count) -> tuple[Velocity, Any, dict]:
-        """The SrMMD witness fitted on particles ``x [n, d]`` and targets ``y [m, d]``.
+        """The SrMMD witness fitted on particles ``x [n, d]`` and targets ``y [m, d]`` (or
+        the density ``logp``; ``y`` and ``wy`` are then unused).
 
         Returns:
           ``(velocity, extra, aux)``, aux with ``critic`` (``lambda SrMMD = lambda <delta,
-          h>``, the MMD^2 at ``alpha = 0``), ``mmd2_critic`` (the biased MMD^2), ``alpha``,
-          ``reg`` and ``cg_iterations``.
+          h>``, the MMD^2 at ``alpha = 0``), ``mmd2_critic`` (the biased MMD^2; on a density
+          ``KSD^2``), ``alpha``, ``reg`` and ``cg_iterations``.
         """
         x = check_points("x", x)
-        y = check_points("y", y, d=x.shape[1], other="x")
-        dtype = jnp.result_type(x.dtype, y.dtype)
-        a = normalized_weights("wx", wx, x.shape[0], "x", dtype)
-        b = normalized_weights("wy", wy, y.shape[0], "y", dtype)
+        k, sums = self.kernel, self.sums
+        if self.logp is not None:  # the Stein kernel's RKHS, where mu_P = 0
+            check_logp(self.logp, x, "SrMMDField")
+            dtype = x.dtype
+            a = normalized_weights("wx", wx, x.shape[0], "x", dtype)
+            k = stein_kernel(k, self.logp, x.shape[1])
+
+            def grad_delta(z):
+                return -kernel_grad_matvec(k, z, x, a, sums=sums)
+
+            mmd2 = jnp.dot(a, kernel_matvec(k, x, x, a, sums=sums))
+        else:
+            y = check_points("y", y, d=x.shape[1], other="x")
+            dtype = jnp.result_type(x.dtype, y.dtype)
+            a = normalized_weights("wx", wx, x.shape[0], "x", dtype)
+            b = normalized_weights("wy", wy, y.shape[0], "y", dtype)
+
+            def grad_delta(z):
+                return witness_grad(z, x, y, k, wx=a, wy=b, sums=sums)
+
+            wit_y = witness(y, x, y, k, wx=a, wy=b, sums=sums)
+            wit_x = witness(x, x, y, k, wx=a, wy=b, sums=sums)
+            mmd2 = jnp.dot(b, wit_y) - jnp.dot(a, wit_x)
         alpha = jnp.asarray(schedule_value(self.alpha, count), dtype)
         lam = jnp.asarray(schedule_value(self.reg, count), dtype)
         warm = extra is not None
@@ -205,11 +295,7 @@ class SrMMDField:
                 f"SrMMDField: the state was initialised for particles of shape "
                 f"{tuple(extra.c.shape)} but `x` has shape {tuple(x.shape)}."
             )
-        k, sums = self.kernel, self.sums
-        g = witness_grad(x, x, y, k, wx=a, wy=b, sums=sums)  # grad delta at the particles
-        wit_y = witness(y, x, y, k, wx=a, wy=b, sums=sums)
-        wit_x = witness(x, x, y, k, wx=a, wy=b, sums=sums)
-        mmd2 = jnp.dot(b, wit_y) - jnp.dot(a, wit_x)
+        g = grad_delta(x)  # grad delta at the particles
         s = jnp.sqrt(alpha * a)[:, None]
 
         def matvec(c):
@@ -224,8 +310,7 @@ class SrMMDField:
         at_x = g - kernel_hessian_matvec(k, x, x, e, sums=sums)
 
         def fn(z):
-            gz = witness_grad(z, x, y, k, wx=a, wy=b, sums=sums)
-            return gz - kernel_hessian_matvec(k, z, x, e, sums=sums)
+            return grad_delta(z) - kernel_hessian_matvec(k, z, x, e, sums=sums)
 
         aux = {
             "critic": mmd2 - jnp.sum(rhs * c),

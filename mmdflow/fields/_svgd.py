@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 
 from mmdflow.densities import check_logp, score
-from mmdflow.fields._base import Velocity
+from mmdflow.fields._base import Velocity, check_density_field
 from mmdflow.kernels import Kernel
-from mmdflow.ops import SumConfig, check_kernel, check_sum_config, kernel_grad_matvec, kernel_matvec
+from mmdflow.ops import SumConfig, kernel_grad_matvec, kernel_matvec
 
 #: :meth:`SVGDField.defaults_for` (and the class default, for bandwidth 1): the step is
 #: this times ``bandwidth**2`` (the velocity scales like a score, ``1 / length``). Measured
@@ -26,24 +26,6 @@ from mmdflow.ops import SumConfig, check_kernel, check_sum_config, kernel_grad_m
 #: a target at the length scale ``bandwidth``: on N((1.5, -0.5), 0.25 I) (std 0.5) with
 #: bandwidth 1 step 1.0 oscillates (KSD^2 17.7 -> 369 in 20 steps); at std 0.71 it converges.
 STEP_FACTOR = 1.0
-
-
-def check_density_field(owner: str, logp, kernel, sums) -> None:
-    """The shared checks of the density fields' hyperparameters."""
-    if not callable(logp):
-        raise ValueError(
-            f"{owner}: `logp` must be a log-density [d] -> scalar (a function or one of "
-            f"mmdflow.densities); got {logp!r}."
-        )
-    try:
-        hash(logp)
-    except TypeError as e:
-        raise ValueError(
-            f"{owner}: `logp` must be hashable (it is part of the jit cache key); got "
-            f"{type(logp).__name__}."
-        ) from e
-    check_kernel(kernel)
-    check_sum_config(owner, sums)
 
 
 def grad_second(k: Kernel, z: jax.Array, x: jax.Array, w: jax.Array, sums: SumConfig) -> jax.Array:
@@ -103,11 +85,18 @@ class SVGDField:
 
     @classmethod
     def defaults_for(
-        cls, kernel: Kernel, bandwidth: float, n: int, d: int, key: jax.Array
+        cls,
+        kernel: Kernel,
+        bandwidth: float,
+        n: int,
+        d: int,
+        key: jax.Array,
+        logp: Callable[[jax.Array], jax.Array] | None = None,
     ) -> dict[str, Any]:
         """Flow and field hyperparameters for a target at length scale ``bandwidth``: a
-        step of :data:`STEP_FACTOR` x ``bandwidth**2`` (``logp`` is not among them)."""
-        return {"kernel": kernel, "step_size": STEP_FACTOR * bandwidth**2}
+        step of :data:`STEP_FACTOR` x ``bandwidth**2``, and ``logp`` when given."""
+        out = {"kernel": kernel, "step_size": STEP_FACTOR * bandwidth**2}
+        return out if logp is None else {**out, "logp": logp}
 
     def init(self, x0: jax.Array, key: jax.Array, y: jax.Array | None = None) -> None:
         score(self.logp, x0)  # a bad logp fails here, at the start (ValueError)

@@ -11,9 +11,12 @@ names every flow; :func:`make` builds one by name:
 * ``"mmd"``: the MMD gradient flow of Arbel et al. (2019),
   ``x <- x + step_size * grad witness(x + noise_level * eps)`` (noise injection).
 * ``"neural-sobolev"``: the neural-critic version (Flax NNX).
+* ``"drmmd"``, ``"kale"``, ``"srmmd"``: the de-regularized MMD, KALE and Sobolev-regularized
+  MMD flows.
 * ``"svgd"``, ``"ksd"``: density flows toward a log-density ``logp`` (no target samples:
   ``y=None``; :mod:`mmdflow.densities`): Stein variational gradient descent (Liu & Wang
-  2016) and KSD descent (Korba et al. 2021); :func:`run` records their KSD^2.
+  2016) and KSD descent (Korba et al. 2021); :func:`run` records their KSD^2. ``"srmmd"``
+  given ``logp`` is one too (:func:`targets`: what each flow takes).
 
 Protocol::
 
@@ -41,7 +44,7 @@ Example:
 """
 
 from mmdflow.flows._particle import ParticleFlow
-from mmdflow.flows._registry import FLOWS, field_params, make
+from mmdflow.flows._registry import FLOWS, field_params, make, targets
 from mmdflow.flows._run import DIVERGENCE_FACTOR, run, scan
 from mmdflow.flows._state import FlowState
 
@@ -49,6 +52,7 @@ __all__ = [
     "FLOWS",
     "make",
     "field_params",
+    "targets",
     "ParticleFlow",
     "FlowState",
     "DIVERGENCE_FACTOR",

@@ -55,6 +55,22 @@ def field_params(name: str) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(_field_class(name)))
 
 
+def targets(name: str) -> tuple[str, ...]:
+    """What flow ``name`` moves particles toward: ``("samples",)``, ``("density",)`` or both.
+
+    A field's class attribute ``targets`` (both: ``"srmmd"``, whose instances move toward
+    a density when given ``logp``), else its ``target`` (``"density"``: ``"svgd"``,
+    ``"ksd"``), else samples.
+
+    Example:
+      >>> from mmdflow import flows
+      >>> flows.targets("mmd"), flows.targets("svgd"), flows.targets("srmmd")
+      (('samples',), ('density',), ('samples', 'density'))
+    """
+    cls = _field_class(name)
+    return tuple(getattr(cls, "targets", None) or (getattr(cls, "target", "samples"),))
+
+
 def _field_class(name: str) -> type:
     if name not in FLOWS:
         raise ValueError(f"unknown flow {name!r}; valid: {sorted(FLOWS)}.")

@@ -51,7 +51,7 @@ from mmdflow.kernels._combine import _Squared as _Squared
 from mmdflow.kernels._dotproduct import Linear, Polynomial
 from mmdflow.kernels._feature import FeatureKernel
 from mmdflow.kernels._radial import IMQ, Energy, Gaussian, Laplace, MixtureRBF, RationalQuadratic
-from mmdflow.kernels._stein import Stein, stein_points
+from mmdflow.kernels._stein import Stein, stein_kernel, stein_points
 
 __all__ = [
     "Kernel",
@@ -69,6 +69,7 @@ __all__ = [
     "Scaled",
     "FeatureKernel",
     "Stein",
+    "stein_kernel",
     "stein_points",
     "median_bandwidth",
     "sqdist",

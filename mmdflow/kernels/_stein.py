@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 
 from mmdflow.densities import score
 from mmdflow.kernels._base import DIRECT_MAX_D, HIGHEST, Kernel, RadialKernel, _pytree
+from mmdflow.kernels._feature import FeatureKernel
 
 
 @_pytree(data=("kernel",), meta=("d",))
@@ -75,16 +77,21 @@ class Stein(Kernel):
     def gram_block(self, z1, z2):
         if not isinstance(self.kernel, RadialKernel):
             return super().gram_block(z1, z2)
+        return self._radial_block(z1, z2, direct=self.d <= DIRECT_MAX_D)
+
+    def _radial_block(self, z1, z2, direct: bool):
+        """The radial closed form on a tile: direct per-coordinate differences (``[n, m]``
+        each, no ``[n, m, d]``) or GEMM forms on points centred at the tile's ``y`` mean."""
         (x, sx), (y, sy) = self._split(z1), self._split(z2)
         d, k = self.d, self.kernel
-        if d <= DIRECT_MAX_D:  # [n, m] per-coordinate differences, no [n, m, d]
+        if direct:
             s = ryx = None
             for a in range(d):
                 da = x[:, a, None] - y[None, :, a]
                 t = da * (sy[None, :, a] - sx[:, a, None])
                 s = da * da if s is None else s + da * da
                 ryx = t if ryx is None else ryx + t
-        else:  # GEMM forms on points centred at the tile's y mean (r is unchanged)
+        else:
             c = jax.lax.stop_gradient(jnp.mean(y, axis=0, keepdims=True))
             x, y = x - c, y - c
             xx, yy = jnp.sum(x * x, axis=1), jnp.sum(y * y, axis=1)
@@ -110,8 +117,58 @@ class Stein(Kernel):
 
         return jax.vmap(col, in_axes=1, out_axes=1)(w)
 
-    def hess_block(self, x, y, e):
-        raise NotImplementedError("Stein: no cross-Hessian sums (not needed by KSD flows).")
+    def hess_block(self, z1, z2, e):
+        """``out[i] = sum_j H(z1_i, z2_j) e_j`` (``e [m, 2 d]``), the cross-Hessian of
+        ``k_p`` in the augmented points: forward mode in ``z2`` then reverse mode in ``z1``
+        of the tile's closed form (radial base kernels), always with direct differences (the
+        GEMM form's clamp of ``|r|^2`` at 0 would drop second derivatives of coincident
+        pairs); other base kernels: autodiff of :meth:`__call__` per pair."""
+        if not isinstance(self.kernel, RadialKernel):
+            return super().hess_block(z1, z2, e)
+
+        def total(a):
+            return jnp.sum(jax.jvp(lambda b: self._radial_block(a, b, True), (z2,), (e,))[1])
+
+        return jax.grad(total)(z1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SteinFeatures:
+    """The feature map ``x -> [x, grad log p(x)]`` of :func:`stein_kernel` (hashable: static
+    under jit, equal when ``logp`` is)."""
+
+    logp: Callable[[jax.Array], jax.Array]
+
+    def __call__(self, params, x):
+        return jnp.concatenate([x, jax.vmap(jax.grad(self.logp))(x).astype(x.dtype)], axis=1)
+
+
+def stein_kernel(kernel: Kernel, logp: Callable[[jax.Array], jax.Array], d: int) -> FeatureKernel:
+    """The Stein kernel ``k_p`` of ``kernel`` and ``p`` as a kernel on points ``x [n, d]``.
+
+    :class:`Stein` on the augmented points ``[x, grad log p(x)]`` as a
+    :class:`~mmdflow.kernels.FeatureKernel`: every kernel sum of :mod:`mmdflow.ops` takes
+    the original points, computes the scores once per point set, and differentiates in
+    ``x`` through them (the Hessian of ``log p``) — the gradient sums of KSD descent and
+    the cross-Hessian sums of the SrMMD flow on a density, never an ``[n, m]`` array beyond
+    a tile. ``logp`` is not checked here (see :func:`mmdflow.densities.check_logp`).
+
+    Args:
+      kernel: the base kernel (twice differentiable; three times for cross-Hessian sums).
+      logp: the log-density ``[d] -> scalar`` up to a constant (hashable).
+      d: the dimension of the points.
+
+    Returns:
+      A kernel on ``[d]`` points.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mmdflow import kernels, ops
+      >>> kp = kernels.stein_kernel(kernels.Gaussian(1.0), lambda x: -0.5 * jnp.sum(x**2), 2)
+      >>> ops.kernel_matvec(kp, jnp.zeros((1, 2)), jnp.zeros((1, 2)), jnp.ones(1)).tolist()
+      [2.0]
+    """
+    return FeatureKernel(Stein(kernel, d), _SteinFeatures(logp), None)
 
 
 def stein_points(logp: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
