@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -202,18 +203,20 @@ def test_resume_errors(tmp_path, capsys, sobolev_runs):
 
 
 def test_divergence_keeps_the_last_finite_state(tmp_path, capsys):
-    # exact Sobolev critic with a vanishing ridge: non-finite particles at the first step
+    # exact Sobolev critic with a vanishing ridge: non-finite particles within a few steps
+    # (the first step with XLA's default flags, the third with conftest's fast-compile ones)
     out = tmp_path / "nan"
     argv = ["flow", "--n", "128", "--num-features", "exact", "--reg", "1e-8", "--steps", 6]
     rc, stdout, err = _run(capsys, *argv, "--record-every", 3, "--quiet", "--out", out)
     assert rc == 1 and stdout == ""
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and "diverged at step 0 (non-finite particles at step 1)" in lines[0]
+    hit = re.search(r"diverged at step (\d+) \(non-finite particles at step (\d+)\)", lines[0])
+    assert len(lines) == 1 and hit and int(hit[2]) == int(hit[1]) + 1 <= 6, lines
     assert "--reg" in lines[0]
     x = np.load(out / "particles.npy")
     assert np.isfinite(x).all()
     m = _metrics(out)
-    assert m["status"] == "diverged" and m["summary"]["diverged"]["step"] == 0
+    assert m["status"] == "diverged" and m["summary"]["diverged"]["step"] == int(hit[1])
     assert read_marker(out)["status"] == "diverged" and (out / "checkpoint.npz").is_file()
     # a blown-up MMD-flow step: finite particles far away, MMD^2 twice its first record
     out = tmp_path / "big"
