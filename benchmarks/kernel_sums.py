@@ -11,7 +11,11 @@ Sweeps ``impl`` x ``op`` x ``n`` (= ``m``) x ``d`` (x kernel):
   ``PointCloud(x, y, epsilon=2 h^2, batch_size=chunk).apply_kernel`` (``exp(-cost/eps)``,
   cost ``|x|^2 + |y|^2 - 2 x.y`` at the default matmul precision), the gradient sum as
   ``(K (w y) - (K w) x) / h^2`` from one ``apply_kernel`` on ``[w y, w]``, and
-  ``grad_of_mmd2`` by ``jax.grad`` through three ``apply_kernel`` calls.
+  ``grad_of_mmd2`` by ``jax.grad`` through three ``apply_kernel`` calls. Not run by
+  default: ``blocked_pairwise``, the blocked path with the radial kernels' per-coordinate
+  gradient tiles (``RadialKernel._grad_block_pairwise``, the form before the closed-form
+  gradient sum; only ``grad_matvec`` and the ``grad_of_mmd2`` backward pass differ), to
+  compare the two forms in one run.
 
 ``pallas`` off a GPU runs in Pallas *interpret mode* (a correctness tool, orders of magnitude
 slower than compiled code): it is run only with ``--quick`` and ``n <=
@@ -50,6 +54,7 @@ and prints a markdown table to stdout; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import itertools
 import math
@@ -69,7 +74,8 @@ from mmdflow import fused, kernels, ops
 
 HIGHEST = lax.Precision.HIGHEST
 SCHEMA = "mmdflow.bench.kernel_sums/1"
-IMPLS = ("dense", "blocked", "pallas", "plain_jax_chunked", "ott_online")
+IMPLS = ("dense", "blocked", "pallas", "plain_jax_chunked", "ott_online", "blocked_pairwise")
+DEFAULT_IMPLS = IMPLS[:-1]  # blocked_pairwise: on request (--impls)
 OPS = ("matvec", "grad_matvec", "grad_of_mmd2")
 KERNELS = ("gaussian", "imq", "laplace", "mixture")
 
@@ -98,6 +104,22 @@ def make_kernel(name: str, bandwidth: float) -> kernels.Kernel:
     if name == "mixture":
         return kernels.MixtureRBF(h * jnp.array([0.5, 1.0, 2.0], jnp.float32))
     raise ValueError(f"unknown kernel {name!r}; choose from {KERNELS}")
+
+
+_PAIRWISE: dict[type, type] = {}
+
+
+def pairwise_grad_kernel(k: kernels.Kernel) -> kernels.Kernel:
+    """``k`` (a radial kernel) as a registered subclass whose ``grad_block`` uses the
+    per-coordinate form (``closed_form_grad = False``); other kernels unchanged."""
+    cls = type(k)
+    if not isinstance(k, kernels.RadialKernel) or not cls.closed_form_grad:
+        return k
+    if cls not in _PAIRWISE:
+        fields = tuple(f.name for f in dataclasses.fields(cls))
+        sub = type(f"{cls.__name__}Pairwise", (cls,), {"closed_form_grad": False})
+        _PAIRWISE[cls] = kernels._pytree(data=fields)(sub)
+    return _PAIRWISE[cls](**{f.name: getattr(k, f.name) for f in dataclasses.fields(cls)})
 
 
 # ---------------------------------------------------------------- plain-JAX baseline
@@ -189,6 +211,9 @@ def build_fn(impl: str, op: str, block_size, chunk: int):
             return lambda k, x, y, w: gmv(k.bandwidth, x, y, w, chunk)
         mmd = lambda k, x, y: baseline_mmd2(mv, k.bandwidth, x, y, chunk)
         return lambda k, x, y, w: jax.grad(lambda x: mmd(k, x, y))(x)
+    if impl == "blocked_pairwise":
+        inner = build_fn("blocked", op, block_size, chunk)
+        return lambda k, x, y, w: inner(pairwise_grad_kernel(k), x, y, w)
     kw = dict(sums=ops.SumConfig(impl, block_size))
     if op == "matvec":
         return lambda k, x, y, w: ops.kernel_matvec(k, x, y, w, **kw)
@@ -316,7 +341,13 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help=f"small sweep: n {QUICK_N}, d {QUICK_D}")
     p.add_argument("--n", type=int, nargs="+", help="sizes n (= m); overrides the defaults")
     p.add_argument("--d", type=int, nargs="+", help="dimensions; overrides the defaults")
-    p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
+    p.add_argument(
+        "--impls",
+        nargs="+",
+        choices=IMPLS,
+        default=list(DEFAULT_IMPLS),
+        help=f"default: {' '.join(DEFAULT_IMPLS)}",
+    )
     p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
     p.add_argument(
         "--kernels", nargs="+", choices=KERNELS, default=["gaussian"], help="default: gaussian"
@@ -499,7 +530,7 @@ def _block_of(args, impl):
 
 def _block_record(args, impl):
     """The tiles recorded in the JSON: ``block_size`` (blocked), ``[rows, cols]`` (pallas)."""
-    if impl == "blocked":
+    if impl in ("blocked", "blocked_pairwise"):
         return args.block_size
     if impl == "pallas":
         bs = args.pallas_block_size

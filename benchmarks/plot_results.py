@@ -32,6 +32,7 @@ IMPL_COLORS = {
     "pallas": "C2",
     "plain_jax_chunked": "C3",
     "ott_online": "C4",
+    "blocked_pairwise": "C5",
 }
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 ROOFLINE_OPS = ("matvec", "grad_matvec")  # one exp per pair: the exp-unit bound applies

@@ -8,6 +8,7 @@ import pytest
 from _refs import grad_x as ref_grad_x
 from _refs import gram as ref_gram
 from _refs import mmd2 as ref_mmd2
+from jax.test_util import check_grads
 
 import mmdflow
 from mmdflow import kernels, ops
@@ -90,3 +91,25 @@ def test_gemm_distances_are_exactly_zero_for_coincident_points(d):
         off[np.arange(6), np.arange(6)] = off[6, 0] = off[7, 1] = False
         ref = ((x[:, None] - y[None]) ** 2).sum(-1)
         np.testing.assert_allclose(s[off], ref[off], rtol=1e-4 if dtype == np.float32 else 1e-12)
+
+
+# smooth kernels: d = 2 (direct differences) and 12 (GEMM distance form)
+@pytest.mark.parametrize("d", [2, 12])
+@pytest.mark.parametrize(
+    "k", [kernels.Gaussian(1.3), kernels.IMQ(1.2, beta=-0.7)], ids=["gaussian", "imq"]
+)
+def test_check_grads_of_gradient_sums_at_coincident_points(k, d):
+    """Derivatives of the gradient sums where points coincide (``s = 0``): a smooth kernel's
+    pair contributes ``2 phi'(0) (dz_i - dy_j)`` there (a mask on ``phi'`` at ``s == 0`` would
+    drop it)."""
+    r = np.random.default_rng(1)
+    x = r.normal(size=(4, d))
+    y = r.normal(size=(5, d))
+    y[1], y[3] = x[0], x[2]  # x and y share two points
+    z = np.concatenate([x[:2], y[4:], r.normal(size=(1, d))])  # z on x and on y
+    w = r.normal(size=(5,))
+    cfg = ops.SumConfig("blocked", (3, 4))  # several tiles, padded
+    wg = lambda z, x, y: mmdflow.witness_grad(z, x, y, k, sums=cfg)
+    check_grads(jax.jit(wg), (z, x, y), order=2, modes=["fwd", "rev"])
+    gmv = lambda x, y, w: ops.kernel_grad_matvec(k, x, y, w, sums=cfg)
+    check_grads(jax.jit(gmv), (x, y, w), order=2, modes=["fwd", "rev"])

@@ -151,6 +151,41 @@ def _safe_sqrt(s):
     return jnp.where(zero, jnp.zeros_like(s), r)
 
 
+def _radial_grad_terms(k, x, y, w, mask: bool):
+    """``2 (x_i [G w]_i - [G (w y)]_i)``, ``G = phi'(s)``, from one GEMM against ``[w, w y]``.
+
+    ``mask``: ``G = 0`` at coincident pairs (``s == 0``), whose two terms cancel exactly.
+    """
+    n, d = x.shape
+    m, kk = w.shape
+    s = sqdist(x, y)
+    g = k.profile_grad(s)  # [n, m]
+    if mask:
+        g = jnp.where(s == 0, jnp.zeros_like(g), g)
+    rhs = jnp.concatenate([w, (w[:, :, None] * y[:, None, :]).reshape(m, kk * d)], axis=1)
+    out = jnp.matmul(g, rhs, precision=HIGHEST)  # [n, kk (d + 1)]
+    gw, gwy = out[:, :kk], out[:, kk:].reshape(n, kk, d)
+    return 2.0 * (gw[:, :, None] * x[:, None, :] - gwy)
+
+
+@jax.custom_jvp
+def _radial_grad_sum(k, x, y, w):
+    """The closed-form gradient sum of a radial kernel ``k`` (:meth:`RadialKernel.grad_block`).
+
+    Value: coincident pairs masked (no rounding residue); derivatives (any order, forward
+    and reverse): those of the unmasked form, since the mask would drop the coincident
+    pairs' ``phi'(0) (dx_i - dy_j)`` (the mask itself is constant almost everywhere).
+    """
+    return _radial_grad_terms(k, x, y, w, mask=True)
+
+
+@_radial_grad_sum.defjvp
+def _radial_grad_sum_jvp(primals, tangents):
+    # the value through _radial_grad_sum itself, so that higher orders use this rule too
+    _, dout = jax.jvp(lambda *a: _radial_grad_terms(*a, mask=False), primals, tangents)
+    return _radial_grad_sum(*primals), dout
+
+
 class Kernel:
     """Base class: a point-wise kernel ``k(x, y)`` on ``[d]`` vectors."""
 
@@ -258,6 +293,12 @@ class RadialKernel(Kernel):
     """
 
     translation_invariant = True
+    #: :meth:`grad_block` sums ``2 (x_i [G w]_i - [G (w y)]_i)`` (one GEMM per tile) rather
+    #: than one difference array and GEMM per coordinate (up to ``DIRECT_MAX_D``; above it
+    #: the closed form always). False for kernels with a cusp at ``s = 0`` (``Laplace``,
+    #: ``Energy``): there ``|phi'(s)| ~ 1 / |x - y|``, so the closed form's two terms of a
+    #: near-coincident pair cancel to ``eps |x| / |x - y|``, an unbounded error.
+    closed_form_grad: bool = True
 
     def profile(self, s: jax.Array) -> jax.Array:
         """``phi(s)`` of the squared distance ``s``, elementwise.
@@ -303,24 +344,37 @@ class RadialKernel(Kernel):
         return self.profile(sqdist(x, y))
 
     def grad_block(self, x, y, w):
-        s = sqdist(x, y)
-        g = self.profile_grad(s)  # [n, m]
-        n, d = x.shape
-        m, k = w.shape
-        if d <= DIRECT_MAX_D:
-            cols = []
-            for a in range(d):
-                da = x[:, a, None] - y[None, :, a]  # [n, m]
-                cols.append(jnp.matmul(g * da, w, precision=HIGHEST))  # [n, k]
-            return 2.0 * jnp.stack(cols, axis=-1)
-        # GEMM form x_i sum_j g_ij w_j - sum_j g_ij w_j y_j: a coincident pair (s == 0, exact
-        # by sqdist) contributes g (x_i - y_j) = 0, but its two GEMM terms would leave a
-        # rounding residue of order eps |g| |x|; drop it
-        g = jnp.where(s == 0, jnp.zeros_like(g), g)
-        gw = jnp.matmul(g, w, precision=HIGHEST)  # [n, k]
-        wy = (w[:, :, None] * y[:, None, :]).reshape(m, k * d)
-        gwy = jnp.matmul(g, wy, precision=HIGHEST).reshape(n, k, d)
-        return 2.0 * (gw[:, :, None] * x[:, None, :] - gwy)
+        """``2 sum_j w_j phi'(s_ij) (x_i - y_j) = 2 (x_i [G w]_i - [G (w y)]_i)``, ``G = phi'(s)``.
+
+        With ``closed_form_grad`` (smooth kernels), or above ``DIRECT_MAX_D`` dimensions: one
+        GEMM of ``G`` against the stacked right-hand sides ``[w, w y]`` (``k (d + 1)``
+        columns) on points centred at the tile's ``y`` mean (the centre carries no gradient),
+        so the two terms' cancellation costs ``eps`` times the data's spread, not its offset.
+        A coincident pair (``s == 0``) contributes ``phi'(0) (x_i - y_j) = 0``, but its two
+        terms would leave a rounding residue of ``eps |phi'(0)| |x_i|``; its ``G`` is set to 0
+        in the value only (:func:`_radial_grad_sum`: derivatives are those of the unmasked
+        form, which keep the pair's ``phi'(0) (dx_i - dy_j)``). Otherwise (kernels with a
+        cusp, up to ``DIRECT_MAX_D``): :meth:`_grad_block_pairwise`.
+        """
+        if x.shape[-1] <= DIRECT_MAX_D and not self.closed_form_grad:
+            return self._grad_block_pairwise(x, y, w)
+        c = jax.lax.stop_gradient(jnp.mean(y, axis=0, keepdims=True))
+        return _radial_grad_sum(self, x - c, y - c, w)
+
+    def _grad_block_pairwise(self, x, y, w):
+        """:meth:`grad_block` from ``[n, m]`` differences, one GEMM per coordinate.
+
+        ``2 sum_j w_j phi'(s_ij) (x_{i,a} - y_{j,a})`` for each coordinate ``a``: no
+        cancellation (relative error ``~eps`` for every pair, near-coincident ones included),
+        ``d`` GEMMs of ``k`` columns. The form of kernels with a cusp and the reference of
+        the closed form in the tests.
+        """
+        g = self.profile_grad(sqdist(x, y))  # [n, m]
+        cols = []
+        for a in range(x.shape[-1]):
+            da = x[:, a, None] - y[None, :, a]  # [n, m]
+            cols.append(jnp.matmul(g * da, w, precision=HIGHEST))  # [n, k]
+        return 2.0 * jnp.stack(cols, axis=-1)
 
     def hess_block(self, x, y, e):
         """``sum_j [-2 phi'(s_ij) e_j - 4 phi''(s_ij) r_ij (r_ij . e_j)]`` with ``r_ij = x_i - y_j``.

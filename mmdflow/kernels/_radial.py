@@ -150,6 +150,7 @@ class Laplace(RadialKernel):
     """``exp(-|x - y| / bandwidth)``. Gradient at ``x = y`` is taken as 0 (symmetric subgradient)."""
 
     bandwidth: Any = 1.0
+    closed_form_grad = False  # cusp at s = 0 (see RadialKernel.closed_form_grad)
 
     def __post_init__(self):
         check_positive("Laplace", "bandwidth", self.bandwidth)
@@ -216,6 +217,8 @@ class Energy(RadialKernel):
     kernel is the energy distance ``2 E|X-Y| - E|X-X'| - E|Y-Y'|``. The gradient
     at ``x = y`` is 0 (no NaN).
     """
+
+    closed_form_grad = False  # cusp at s = 0 (see RadialKernel.closed_form_grad)
 
     def profile(self, s):
         return -_safe_sqrt(s)
