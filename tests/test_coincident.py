@@ -94,9 +94,8 @@ def test_gemm_distances_are_exactly_zero_for_coincident_points(d):
 
 
 # smooth kernels: d = 2 (direct differences) and 12 (GEMM distance form)
-@pytest.mark.parametrize("d", [2, 12])
 @pytest.mark.parametrize(
-    "k", [kernels.Gaussian(1.3), kernels.IMQ(1.2, beta=-0.7)], ids=["gaussian", "imq"]
+    ("k", "d"), [(kernels.Gaussian(1.3), 2), (kernels.IMQ(1.2, beta=-0.7), 12)], ids=["2", "12"]
 )
 def test_check_grads_of_gradient_sums_at_coincident_points(k, d):
     """Derivatives of the gradient sums where points coincide (``s = 0``): a smooth kernel's
@@ -108,8 +107,7 @@ def test_check_grads_of_gradient_sums_at_coincident_points(k, d):
     y[1], y[3] = x[0], x[2]  # x and y share two points
     z = np.concatenate([x[:2], y[4:], r.normal(size=(1, d))])  # z on x and on y
     w = r.normal(size=(5,))
-    cfg = ops.SumConfig("blocked", (3, 4))  # several tiles, padded
-    wg = lambda z, x, y: mmdflow.witness_grad(z, x, y, k, sums=cfg)
-    check_grads(jax.jit(wg), (z, x, y), order=2, modes=["fwd", "rev"])
-    gmv = lambda x, y, w: ops.kernel_grad_matvec(k, x, y, w, sums=cfg)
-    check_grads(jax.jit(gmv), (x, y, w), order=2, modes=["fwd", "rev"])
+    wg = lambda z, x, y: mmdflow.witness_grad(z, x, y, k)
+    check_grads(wg, (z, x, y), order=2, modes=["fwd", "rev"])
+    gmv = lambda x, y, w: ops.kernel_grad_matvec(k, x, y, w)
+    check_grads(gmv, (x, y, w), order=2, modes=["fwd", "rev"])

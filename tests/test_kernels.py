@@ -185,7 +185,7 @@ def _pairwise(k, x, y, w):
 
 
 @pytest.mark.parametrize("name", RADIAL)
-@pytest.mark.parametrize("d", [1, 2, 3, 8, 12])  # direct distances up to 8, GEMM above
+@pytest.mark.parametrize("d", [2, 12])  # direct distances up to 8, GEMM above
 @pytest.mark.parametrize("shift", [0.0, 100.0])
 def test_radial_grad_block_matches_numpy_float64(name, d, shift, rng):
     """The closed form ``2 (x_i [G w]_i - [G (w y)]_i)`` (per-tile centring: data offset by
