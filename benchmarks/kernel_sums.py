@@ -6,7 +6,9 @@ Sweeps ``impl`` x ``op`` x ``n`` (= ``m``) x ``d`` (x kernel):
   Pallas/Triton path of :mod:`mmdflow.fused`), plus ``plain_jax_chunked``,
   a baseline written here in plain JAX (Gaussian only): rows of ``x`` in chunks
   via ``lax.map(..., batch_size=chunk)`` against all of ``y``, GEMM distance form,
-  no ``jax.checkpoint``; and ``ott_online``, ott-jax's online point cloud (Gaussian only;
+  no ``jax.checkpoint``; ``plain_jax_gemm``, the same with explicit blocks of
+  :data:`GEMM_ROWS` rows (one GEMM each, ``lax.map`` over blocks) and the closed-form gradient
+  ``(K [w y] - (K w) x) / h^2``; and ``ott_online``, ott-jax's online point cloud (Gaussian only;
   skipped with that reason when ott-jax is not installed: ``pip install -e ".[bench]"``):
   ``PointCloud(x, y, epsilon=2 h^2, batch_size=chunk).apply_kernel`` (``exp(-cost/eps)``,
   cost ``|x|^2 + |y|^2 - 2 x.y`` at the default matmul precision), the gradient sum as
@@ -74,7 +76,15 @@ from mmdflow import fused, kernels, ops
 
 HIGHEST = lax.Precision.HIGHEST
 SCHEMA = "mmdflow.bench.kernel_sums/1"
-IMPLS = ("dense", "blocked", "pallas", "plain_jax_chunked", "ott_online", "blocked_pairwise")
+IMPLS = (
+    "dense",
+    "blocked",
+    "pallas",
+    "plain_jax_chunked",
+    "plain_jax_gemm",
+    "ott_online",
+    "blocked_pairwise",
+)
 DEFAULT_IMPLS = IMPLS[:-1]  # blocked_pairwise: on request (--impls)
 OPS = ("matvec", "grad_matvec", "grad_of_mmd2")
 KERNELS = ("gaussian", "imq", "laplace", "mixture")
@@ -147,6 +157,45 @@ def plain_grad_matvec(h, x, y, w, chunk):
     return lax.map(row, x, batch_size=chunk)
 
 
+#: row block of ``plain_jax_gemm`` (of 64 / 256 / 1024 rows, 256 was the fastest at n = 4k
+#: and 16k, d = 2, on the 2-core EPYC: RESULTS.md)
+GEMM_ROWS = 256
+
+
+def _row_blocks(f, x, rows):
+    """``f`` on blocks of ``rows`` rows of ``x`` (``lax.map``; the last block padded)."""
+    n, d = x.shape
+    nb = -(-n // rows)
+    xp = jnp.pad(x, ((0, nb * rows - n), (0, 0)), mode="edge").reshape(nb, rows, d)
+    out = lax.map(f, xp)
+    return out.reshape(nb * rows, *out.shape[2:])[:n]
+
+
+def _gemm_gauss(h, xb, y, yy):
+    """``[rows, m]`` Gaussian kernel values by the GEMM distance form."""
+    s = jnp.sum(xb * xb, -1)[:, None] + yy[None] - 2.0 * jnp.matmul(xb, y.T, precision=HIGHEST)
+    return jnp.exp(-jnp.maximum(s, 0.0) / (2.0 * h**2))
+
+
+def gemm_matvec(h, x, y, w, chunk):
+    """Row blocks of :data:`GEMM_ROWS` against all of ``y``: one GEMM per block."""
+    yy = jnp.sum(y * y, -1)
+    f = lambda xb: jnp.matmul(_gemm_gauss(h, xb, y, yy), w, precision=HIGHEST)
+    return _row_blocks(f, x, GEMM_ROWS)
+
+
+def gemm_grad_matvec(h, x, y, w, chunk):
+    """The closed form ``(K [w y] - (K w) x) / h^2``: one GEMM per block against ``[w, w y]``."""
+    yy = jnp.sum(y * y, -1)
+    rhs = jnp.concatenate([w[:, None], w[:, None] * y], axis=1)
+
+    def f(xb):
+        o = jnp.matmul(_gemm_gauss(h, xb, y, yy), rhs, precision=HIGHEST)
+        return (o[:, 1:] - o[:, :1] * xb) / h**2
+
+    return _row_blocks(f, x, GEMM_ROWS)
+
+
 def baseline_mmd2(matvec, h, x, y, chunk):
     """Biased MMD^2 from three kernel sums of a baseline's ``matvec(h, x, y, w, chunk)``."""
     n, m = x.shape[0], y.shape[0]
@@ -196,6 +245,7 @@ def ott_grad_matvec(h, x, y, w, chunk):
 # baseline impl -> (matvec, grad_matvec), each ``f(h, x, y, w, chunk)`` for the Gaussian
 BASELINES = {
     "plain_jax_chunked": (plain_matvec, plain_grad_matvec),
+    "plain_jax_gemm": (gemm_matvec, gemm_grad_matvec),
     "ott_online": (ott_matvec, ott_grad_matvec),
 }
 
