@@ -6,9 +6,8 @@ import types
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _cli import PNG_MAGIC
 from _scripts import BENCHMARKS, load_benchmark
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _load_script():

@@ -1,7 +1,6 @@
 """The ``mmdflow`` command line: outputs, metrics, bad input, atomic output directories."""
 
 import io
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,20 +8,16 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from _cli import PNG_MAGIC
+from _cli import metrics as _metrics
+from _cli import run as _run
 from _files import BAD_POINT_FILES, bad_point_files
 
 from mmdflow import cli, fields, plots
 from mmdflow.cli import _rundir
 from mmdflow.fields import _sobolev as FS
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HISTORY_KEYS = {"step", "mmd2", "kinetic", "critic", "wall_time"}
-
-
-def _run(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _png_ok(path: Path) -> bool:
@@ -32,10 +27,6 @@ def _png_ok(path: Path) -> bool:
 def _leftovers(parent: Path) -> list[str]:
     """Temporary staging directories the CLI might have left behind."""
     return sorted(p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
-
-
-def _metrics(out: Path) -> dict:
-    return json.loads((out / "metrics.json").read_text())
 
 
 def _check_history(m: dict) -> dict:

@@ -1,18 +1,18 @@
 """``mmdflow flow --density``: density flows (svgd, ksd, srmmd) on the command line."""
 
-import json
 import shutil
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from _cli import PNG_MAGIC
+from _cli import metrics as _metrics
+from _cli import run as _run
 
 from mmdflow import cli
 from mmdflow.cli import _density
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ["--n", "24", "--record-every", "3", "--quiet"]
 
 #: a user's module of log-densities (imported from the current directory)
@@ -34,16 +34,6 @@ def vector_logp(x):
 
 not_a_function = 3
 """
-
-
-def _run(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _metrics(out: Path) -> dict:
-    return json.loads((out / "metrics.json").read_text())
 
 
 @pytest.fixture

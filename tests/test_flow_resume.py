@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _cli import metrics as _metrics
+from _cli import run as _run
 
 from mmdflow import cli, flows
 from mmdflow.cli._rundir import MARKER, read_marker
@@ -39,16 +41,6 @@ def sobolev_runs(tmp_path_factory):
 def _copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
-
-
-def _run(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _metrics(out: Path) -> dict:
-    return json.loads((out / "metrics.json").read_text())
 
 
 def _snapshot(d: Path) -> dict:

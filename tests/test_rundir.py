@@ -11,17 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _cli import run as _run
 
-from mmdflow import cli
 from mmdflow.cli._rundir import MARKER, RunDir, read_marker
 
 FLOW = ["flow", "--n", "20", "--steps", "2", "--num-features", "8", "--quiet"]
-
-
-def _run(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _snapshot(d: Path) -> dict:

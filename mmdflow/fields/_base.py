@@ -73,6 +73,13 @@ def schedule_value(v, count):
 
 def check_density_field(owner: str, logp, kernel, sums) -> None:
     """The shared checks of the density fields' hyperparameters."""
+    check_logp_param(owner, logp)
+    check_kernel(kernel)
+    check_sum_config(owner, sums)
+
+
+def check_logp_param(owner: str, logp) -> None:
+    """A field's ``logp``: callable and hashable (the values are checked by its ``init``)."""
     if not callable(logp):
         raise ValueError(
             f"{owner}: `logp` must be a log-density [d] -> scalar (a function or one of "
@@ -85,5 +92,3 @@ def check_density_field(owner: str, logp, kernel, sums) -> None:
             f"{owner}: `logp` must be hashable (it is part of the jit cache key); got "
             f"{type(logp).__name__}."
         ) from e
-    check_kernel(kernel)
-    check_sum_config(owner, sums)

@@ -77,7 +77,7 @@ from mmdflow._checks import (
 )
 from mmdflow._linalg import cg
 from mmdflow.densities import check_logp, score
-from mmdflow.fields._base import Velocity, check_density_field, schedule_value
+from mmdflow.fields._base import Velocity, check_logp_param, schedule_value
 from mmdflow.kernels import Kernel, stein_kernel
 from mmdflow.mmd import witness, witness_grad
 from mmdflow.ops import (
@@ -211,7 +211,7 @@ class SrMMDField:
         check_int(cls, "cg_maxiter", self.cg_maxiter)
         check_sum_config(cls, self.sums)
         if self.logp is not None:
-            check_density_field(cls, self.logp, self.kernel, self.sums)
+            check_logp_param(cls, self.logp)
 
     @classmethod
     def defaults_for(
