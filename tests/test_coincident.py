@@ -1,10 +1,14 @@
 """Coincident points at every dimension: the GEMM distance form (d > DIRECT_MAX_D) gives exact
 zeros there, so kernels with a cusp (Laplace, Energy) match float64 NumPy on every path."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _cases import case
+from _refs import cross_hess as ref_cross_hess
 from _refs import grad_x as ref_grad_x
 from _refs import gram as ref_gram
 from _refs import mmd2 as ref_mmd2
@@ -111,3 +115,59 @@ def test_check_grads_of_gradient_sums_at_coincident_points(k, d):
     check_grads(wg, (z, x, y), order=2, modes=["fwd", "rev"])
     gmv = lambda x, y, w: ops.kernel_grad_matvec(k, x, y, w)
     check_grads(gmv, (x, y, w), order=2, modes=["fwd", "rev"])
+
+
+def _central(f, a, t, h=1e-3):
+    """Central difference of ``f`` at ``a`` along ``t``, Richardson-extrapolated (``O(h^4)``)."""
+    cd = lambda step: (f(a + step * t) - f(a - step * t)) / (2 * step)
+    return (4 * cd(h / 2) - cd(h)) / 3
+
+
+# d = 2: direct form (d <= HESS_DIRECT_MAX_D); 5: GEMM form, direct distances; 12: GEMM form,
+# GEMM distances (d > DIRECT_MAX_D); a sparse grid (CI time), each kernel on the GEMM form
+@pytest.mark.parametrize(("name", "d"), [("imq", 2), ("gaussian", 5), ("imq", 12)])
+def test_hessian_matvec_first_derivatives_at_coincident_points(name, d):
+    """The cross-Hessian sum (default: blocked) and its first derivatives where points
+    coincide (``jvp`` in ``x``, ``y`` and ``e`` each; reverse mode), against central
+    differences of the float64 NumPy reference.
+
+    Above ``HESS_DIRECT_MAX_D`` the sum sets ``q = phi''(s) (r . e)`` to 0 where ``s == 0``
+    and, above ``DIRECT_MAX_D``, ``s`` to 0 where it is within rounding of 0: neither drops
+    a first derivative. At ``r = 0`` the pair's ``-4 q r`` has derivative
+    ``-4 (dq r + q dr) = 0``, and its ``-2 phi'(s) e`` has ``-2 phi''(0) (2 r . dr) e -
+    2 phi'(0) de = -2 phi'(0) de``, which both masks keep. (They do drop the pair's second
+    derivatives ``-8 phi''(0) (dr . e) dr`` and, above ``DIRECT_MAX_D``,
+    ``-4 phi''(0) |dr|^2 e``.)
+    """
+    k, p = case(name, d)
+    r = np.random.default_rng(2)
+    x = r.normal(size=(6, d)) + 2.0
+    y = r.normal(size=(5, d)) + 2.0
+    y[1], y[3], y[4] = x[2], x[0], x[5]  # coincident pairs
+    e = r.normal(size=(5, d))
+    c = r.normal(size=(6, d))
+    args = (x, y, e)
+    tangents = [r.normal(size=a.shape) for a in args]
+
+    @jax.jit
+    def derivs(*args):
+        f = lambda *a: ops.kernel_hessian_matvec(k, *a)
+        jvps = [
+            jax.jvp(lambda a, i=i: f(*args[:i], a, *args[i + 1 :]), (args[i],), (t,))[1]
+            for i, t in enumerate(tangents)
+        ]
+        return f(*args), *jvps, *jax.grad(lambda *a: jnp.vdot(c, f(*a)), argnums=(0, 1, 2))(*args)
+
+    def ref(i, a):  # the reference sum with argument i replaced by a
+        x, y, e = (a if j == i else b for j, b in enumerate(args))
+        return np.einsum("ijab,jb->ia", ref_cross_hess(name, x, y, p), e)
+
+    want = [ref(0, x)]
+    want += [_central(functools.partial(ref, i), args[i], t) for i, t in enumerate(tangents)]
+    for i, a in enumerate(args):  # the gradient of vdot(c, sum), coordinate by coordinate
+        cref = lambda b, i=i: np.vdot(c, ref(i, b))
+        grad = [_central(cref, a, t.reshape(a.shape)) for t in np.eye(a.size)]
+        want.append(np.reshape(grad, a.shape))
+    labels = ("value", "jvp x", "jvp y", "jvp e", "grad x", "grad y", "grad e")
+    for label, g, w in zip(labels, derivs(*args), want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-10, err_msg=label)

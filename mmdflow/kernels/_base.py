@@ -383,7 +383,11 @@ class RadialKernel(Kernel):
         with a cusp there (``Laplace``, ``Energy``), as the autodiff form gives (their true
         cross-Hessian grows like ``1 / |r|`` as ``r -> 0``). Up to ``HESS_DIRECT_MAX_D``
         dimensions the ``r (r . e)`` term uses direct differences; above, GEMMs at ``HIGHEST``
-        precision on points centred at the tile's ``y`` mean.
+        precision on points centred at the tile's ``y`` mean, where a coincident pair's
+        ``phi''(s) (r . e)`` is set to 0 (it is 0; the GEMMs would leave a rounding residue).
+        First derivatives keep every pair's terms (at ``r = 0`` the masked term's vanishes);
+        second derivatives there drop the pair's ``-8 phi''(0) (dr . e) dr`` (and, above
+        ``DIRECT_MAX_D``, through the clamp of :func:`sqdist`, ``-4 phi''(0) |dr|^2 e``).
         """
         d = x.shape[-1]
         if d <= HESS_DIRECT_MAX_D:
