@@ -28,13 +28,14 @@ config (n 16k ... 1M, d 2, 3, 16, 64, 784), and each record also reports
 the SFUs: ~4,200 Gpairs/s on an H100/H200 SXM: 132 SMs x 16 SFU/clk x ~1.98 GHz), a
 roofline for the Gaussian kernel sums (``matvec``, ``grad_matvec``).
 * op: ``matvec`` (``kernel_matvec``), ``grad_matvec`` (``kernel_grad_matvec``,
-  ``[n, d]``) and ``grad_of_mmd2`` (``jax.grad`` of the biased ``mmd2`` w.r.t. ``x``;
-  it evaluates three kernel sums, xx, yy and xy, forward plus their backward pass).
+  ``[n, d]``), ``mmd2`` (the biased ``mmd2``: three kernel sums, xx, yy and xy) and
+  ``grad_of_mmd2`` (``jax.grad`` of it w.r.t. ``x``: the value and its backward pass); the
+  ratio of their run times is the value-and-gradient rate relative to the forward rate.
 
 Per configuration: ``jit(f).lower(*args).compile()`` time (reported apart), one
 warm-up call, then the median over ``--repeats`` calls (``block_until_ready``).
-Gpairs/s is ``n * m / run_time / 1e9`` for every op (for ``grad_of_mmd2`` this is
-a nominal rate: the call touches ~3 n m pairs forward and again backward).
+Gpairs/s is ``n * m / run_time / 1e9`` for every op (for ``mmd2`` and ``grad_of_mmd2`` this
+is a nominal rate: the call touches ~3 n m pairs forward, and again backward).
 
 Skips, recorded with their reason: dense when ``n * m * 4`` bytes exceed
 ``--max-dense-bytes``; any impl whose compiled temp memory exceeds
@@ -86,7 +87,7 @@ IMPLS = (
     "blocked_pairwise",
 )
 DEFAULT_IMPLS = IMPLS[:-1]  # blocked_pairwise: on request (--impls)
-OPS = ("matvec", "grad_matvec", "grad_of_mmd2")
+OPS = ("matvec", "grad_matvec", "mmd2", "grad_of_mmd2")
 KERNELS = ("gaussian", "imq", "laplace", "mixture")
 
 QUICK_N, QUICK_D = (1024, 2048), (2, 16)
@@ -260,6 +261,8 @@ def build_fn(impl: str, op: str, block_size, chunk: int):
         if op == "grad_matvec":
             return lambda k, x, y, w: gmv(k.bandwidth, x, y, w, chunk)
         mmd = lambda k, x, y: baseline_mmd2(mv, k.bandwidth, x, y, chunk)
+        if op == "mmd2":
+            return lambda k, x, y, w: mmd(k, x, y)
         return lambda k, x, y, w: jax.grad(lambda x: mmd(k, x, y))(x)
     if impl == "blocked_pairwise":
         inner = build_fn("blocked", op, block_size, chunk)
@@ -269,6 +272,8 @@ def build_fn(impl: str, op: str, block_size, chunk: int):
         return lambda k, x, y, w: ops.kernel_matvec(k, x, y, w, **kw)
     if op == "grad_matvec":
         return lambda k, x, y, w: ops.kernel_grad_matvec(k, x, y, w, **kw)
+    if op == "mmd2":
+        return lambda k, x, y, w: mmdflow.mmd2(x, y, k, **kw)
     return lambda k, x, y, w: jax.grad(lambda x: mmdflow.mmd2(x, y, k, **kw))(x)
 
 
@@ -306,7 +311,7 @@ def metadata(args, sizes) -> dict:
         "definitions": {
             "compile_s": "wall time of jax.jit(f).lower(*args).compile()",
             "run_s": "median wall time of compiled(*args) + block_until_ready, after 1 warm-up",
-            "gpairs_per_s": "n * m / run_s / 1e9 (nominal for grad_of_mmd2: ~3nm pairs fwd+bwd)",
+            "gpairs_per_s": "n * m / run_s / 1e9 (nominal for mmd2 and grad_of_mmd2: ~3nm pairs, fwd (+bwd))",
             "exp_unit_fraction": "gpairs_per_s / exp_unit_bound_gpairs (GPUs with a known bound)",
             "interpret": "pallas ran in Pallas interpret mode (not a GPU kernel; not a speed)",
             "temp_bytes": "compiled.memory_analysis().temp_size_in_bytes",

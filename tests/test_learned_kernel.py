@@ -54,10 +54,11 @@ def test_kernel_sums_equal_the_base_kernel_on_precomputed_features(case, impl):
     def sums(k):
         hess = None if impl == "pallas" else ops.kernel_hessian_matvec(k, x, y, e, **kw)
         mv, gm = ops.kernel_matvec(k, x, y, w, **kw), ops.kernel_grad_matvec(k, x, y, w, **kw)
-        return mv, gm, ops.kernel_grad_matvec(k, x, y, w2, **kw), hess
+        return mv, gm, ops.kernel_value_and_grad_matvec(k, x, y, w2, **kw), hess
 
-    mv, gm, g2, hess = sums(k)
+    mv, gm, (v2, g2), hess = sums(k)
     np.testing.assert_allclose(mv, kxy @ w, rtol=1e-12)
+    np.testing.assert_allclose(v2, kxy @ w2, rtol=1e-12)
     # sum_j w_j J(x_i)^T grad_1 K(phi x_i, phi y_j), grad_1 K = -r K / s^2
     g = np.einsum("nkd,nk->nd", jx, np.einsum("nm,nmk->nk", -kxy * w / S**2, r))
     np.testing.assert_allclose(gm, g, atol=1e-12)

@@ -186,6 +186,66 @@ def test_particles_descend_along_witness_gradient(rng):
     assert after < before
 
 
+def _richardson(f, v, h=1e-3):
+    """Gradient of ``f`` (float64 NumPy) at ``v`` by Richardson-extrapolated central
+    differences: error O(h^4)."""
+    v = np.asarray(v, np.float64)
+    g = np.zeros_like(v)
+    for i in np.ndindex(v.shape):
+        e = np.zeros_like(v)
+        e[i] = h
+        g[i] = (8 * (f(v + e) - f(v - e)) - (f(v + 2 * e) - f(v - 2 * e))) / (12 * h)
+    return g
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "p", "leaf"),
+    [
+        ("gaussian", kernels.Gaussian, {"bw": 0.8}, "bw"),
+        ("imq", lambda c: kernels.IMQ(c, beta=-0.7), {"c": 1.2, "beta": -0.7}, "c"),
+        ("poly", lambda _: kernels.Polynomial(3), {"deg": 3, "gamma": 1 / 3, "c": 1.0}, None),
+    ],
+)
+@pytest.mark.parametrize("estimator", ["biased", "unbiased"])
+def test_mmd2_derivatives_match_finite_differences_of_numpy(name, make, p, leaf, estimator, rng):
+    # the closed-form derivatives of the three kernel sums (mmd._mean_embedding_products_jvp),
+    # in points, weights and a kernel parameter, on several tiles and with coincident points,
+    # against differences of the float64 NumPy estimate; and forward mode against reverse
+    x, y = _data(rng, n=8, m=6)
+    x[3], y[0] = x[1], x[0]
+    a, b = rng.uniform(0.2, 1, size=8), rng.uniform(0.2, 1, size=6)
+    theta = p[leaf] if leaf else 0.0
+
+    def ref(x, y, a, b, theta):
+        q = {**p, leaf: theta} if leaf else p
+        grams = (ref_gram(name, u, v, q) for u, v in ((x, x), (y, y), (x, y)))
+        return ref_mmd2(*grams, a, b, estimator)
+
+    args = (x, y, a, b, theta)
+    want = [
+        _richardson(lambda v, i=i: ref(*args[:i], v, *args[i + 1 :]), args[i]) for i in range(5)
+    ]
+    sums = ops.SumConfig("blocked", 3)
+    f = lambda x, y, a, b, t: mmdflow.mmd2(
+        x, y, make(t), estimator=estimator, wx=a, wy=b, sums=sums
+    )
+    got = jax.jit(jax.grad(f, argnums=(0, 1, 2, 3, 4)))(*args)
+    for g, w in zip(got[: 5 if leaf else 4], want, strict=False):
+        np.testing.assert_allclose(g, w, rtol=1e-7, atol=1e-9)
+    t = [rng.normal(size=np.shape(v)) for v in args]
+    _, jvp = jax.jvp(f, args, tuple(t))
+    dot = sum(np.sum(g * ti) for g, ti in zip(got, t, strict=True))
+    np.testing.assert_allclose(jvp, dot, rtol=1e-12)
+
+
+def test_mmd2_second_derivatives_in_points(rng):
+    # Hessians differentiate the kernel sums inside the closed-form first derivatives
+    x, y = _data(rng, n=6, m=5, d=2)
+    y[0] = x[0]
+    f = lambda x, y: mmdflow.mmd2(x, y, kernels.Gaussian(0.9), sums=ops.SumConfig("blocked", 4))
+    check_grads(f, (x, y), order=2, modes=["fwd", "rev"])
+
+
 @pytest.mark.parametrize("impl", ["dense", "blocked"])
 def test_gradients_wrt_points_weights_and_bandwidth(impl, rng):
     x, y = _data(rng, n=9, m=7)

@@ -37,6 +37,9 @@ def test_matvec_and_grad_matvec_match_numpy_float64(name, impl, d, rng):
     got3 = ops.kernel_grad_matvec(k, x, y, w3, **kw)
     assert got3.shape == (n, 3, d)
     np.testing.assert_allclose(got3, np.einsum("ijd,jc->icd", G, w3), rtol=1e-10, atol=1e-10)
+    v3, got3 = ops.kernel_value_and_grad_matvec(k, x, y, w3, **kw)
+    np.testing.assert_allclose(v3, K @ w3, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(got3, np.einsum("ijd,jc->icd", G, w3), rtol=1e-10, atol=1e-10)
 
 
 def _rel(got, want):

@@ -5,12 +5,14 @@ hyperparameters (bandwidths, scales, exponents) are traced *leaves*, so a new
 value never triggers a recompile, while structural choices (a polynomial's
 degree) are static metadata.
 
-Besides the point-wise ``__call__``, kernels expose two *block* methods used by
+Besides the point-wise ``__call__``, kernels expose *block* methods used by
 :mod:`mmdflow.ops` on tiles of points:
 
 * ``gram_block(x, y)`` -> ``[n, m]`` kernel values;
 * ``grad_block(x, y, w)`` -> ``[n, k, d]``, ``sum_j w[j, :] grad_x k(x_i, y_j)``
   for weights ``w [m, k]``;
+* ``value_grad_block(x, y, w)`` -> ``[n, k, 1 + d]``, the ``gram_block`` sum ``K w`` and
+  ``grad_block`` stacked (one pass over the tile's pairs for both);
 * ``hess_block(x, y, e)`` -> ``[n, d]``, ``sum_j H(x_i, y_j) e_j`` with the
   cross-Hessian ``H[a, b] = d^2 k / dx_a dy_b`` for vectors ``e [m, d]``.
 

@@ -235,6 +235,21 @@ class Kernel:
 
         return jax.vmap(row)(x)
 
+    def value_grad_block(self, x: jax.Array, y: jax.Array, w: jax.Array) -> jax.Array:
+        """:meth:`gram_block` times ``w`` and :meth:`grad_block` of one tile, stacked.
+
+        Args:
+          x: ``[n, d]`` points.
+          y: ``[m, d]`` points.
+          w: ``[m, k]`` weights.
+
+        Returns:
+          ``[n, k, 1 + d]``: ``[..., 0]`` is ``sum_j w[j, c] k(x_i, y_j)``, ``[..., 1:]`` the
+          gradient sum of :meth:`grad_block`.
+        """
+        v = jnp.matmul(self.gram_block(x, y), w, precision=HIGHEST)
+        return jnp.concatenate([v[:, :, None], self.grad_block(x, y, w)], axis=-1)
+
     def hess_block(self, x: jax.Array, y: jax.Array, e: jax.Array) -> jax.Array:
         """``out[i] = sum_j H(x_i, y_j) e_j`` with the cross-Hessian ``H[a, b] = d^2 k / dx_a dy_b``.
 
@@ -360,6 +375,17 @@ class RadialKernel(Kernel):
             return self._grad_block_pairwise(x, y, w)
         c = jax.lax.stop_gradient(jnp.mean(y, axis=0, keepdims=True))
         return _radial_grad_sum(self, x - c, y - c, w)
+
+    def value_grad_block(self, x, y, w):
+        """:meth:`Kernel.value_grad_block` with one squared-distance tile for both sums (on the
+        points :meth:`grad_block` centres), so that XLA evaluates shared work such as the
+        Gaussian's ``exp`` once per pair."""
+        if x.shape[-1] <= DIRECT_MAX_D and not self.closed_form_grad:
+            return super().value_grad_block(x, y, w)
+        c = jax.lax.stop_gradient(jnp.mean(y, axis=0, keepdims=True))
+        x, y = x - c, y - c
+        v = jnp.matmul(self.gram_block(x, y), w, precision=HIGHEST)
+        return jnp.concatenate([v[:, :, None], _radial_grad_sum(self, x, y, w)], axis=-1)
 
     def _grad_block_pairwise(self, x, y, w):
         """:meth:`grad_block` from ``[n, m]`` differences, one GEMM per coordinate.

@@ -37,6 +37,9 @@ class Sum(Kernel):
     def grad_block(self, x, y, w):
         return sum(k.grad_block(x, y, w) for k in self.kernels)
 
+    def value_grad_block(self, x, y, w):
+        return sum(k.value_grad_block(x, y, w) for k in self.kernels)
+
     def hess_block(self, x, y, e):
         return sum(k.hess_block(x, y, e) for k in self.kernels)
 
@@ -68,6 +71,9 @@ class Scaled(Kernel):
 
     def grad_block(self, x, y, w):
         return _positive(self.scale) * self.kernel.grad_block(x, y, w)
+
+    def value_grad_block(self, x, y, w):
+        return _positive(self.scale) * self.kernel.value_grad_block(x, y, w)
 
     def hess_block(self, x, y, e):
         return _positive(self.scale) * self.kernel.hess_block(x, y, e)

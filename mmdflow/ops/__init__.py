@@ -1,5 +1,6 @@
 """Kernel sums over point sets: ``gram``, ``kernel_matvec``, ``kernel_grad_matvec``,
-``kernel_hessian_matvec``, and :class:`SumConfig`, the one configuration of how they run.
+``kernel_value_and_grad_matvec``, ``kernel_hessian_matvec``, and :class:`SumConfig`, the one
+configuration of how they run.
 
 Every sum, estimator, critic, flow and generator direction above this module takes a
 ``sums=SumConfig(...)`` (``None``: ``SumConfig()``, the tuned defaults). Its ``impl`` selects
@@ -85,6 +86,7 @@ __all__ = [
     "gram",
     "kernel_matvec",
     "kernel_grad_matvec",
+    "kernel_value_and_grad_matvec",
     "kernel_hessian_matvec",
     "SumConfig",
     "IMPLS",
@@ -171,6 +173,7 @@ def _local_sum_eager(kind, k, x, y, w, impl, block_size):
     fn = {
         "matvec": _local.kernel_matvec,
         "grad": _local.kernel_grad_matvec,
+        "valgrad": _local.kernel_value_and_grad_matvec,
         "hess": _local.kernel_hessian_matvec,
     }[kind]
     return fn(k, x, y, w, impl=impl, block_size=block_size)
@@ -215,6 +218,38 @@ def kernel_grad_matvec(
       ``[n, d]`` (or ``[n, k, d]`` for ``[m, k]`` weights).
     """
     return _sum("grad", k, x, y, w, sums)
+
+
+def kernel_value_and_grad_matvec(
+    k: Kernel, x: jax.Array, y: jax.Array, w: jax.Array, *, sums: SumConfig | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`kernel_matvec` and :func:`kernel_grad_matvec` of the same arguments together.
+
+    The blocked path evaluates both from one pass over the pairs (a radial kernel's squared
+    distances, and e.g. the Gaussian's ``exp``, once per pair); the others (and a mesh) run
+    the two sums. The reverse pass of an MMD^2 estimate (:func:`mmdflow.mmd2`) is built from it.
+
+    Args:
+      k: a kernel.
+      x: ``[n, d]`` query points.
+      y: ``[m, d]`` source points.
+      w: ``[m]`` or ``[m, k]`` weights.
+      sums: how the sums run (:class:`SumConfig`; ``None``: the defaults).
+
+    Returns:
+      ``(values, grads)``: ``[n]`` and ``[n, d]`` (or ``[n, k]`` and ``[n, k, d]``).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from mmdflow import kernels, ops
+      >>> v, g = ops.kernel_value_and_grad_matvec(
+      ...     kernels.Gaussian(1.0), jnp.zeros((3, 2)), jnp.ones((4, 2)), jnp.ones(4))
+      >>> v.shape, g.shape
+      ((3,), (3, 2))
+    """
+    if check_sum_config("kernel sums", sums).mesh is not None:
+        return _sum("matvec", k, x, y, w, sums), _sum("grad", k, x, y, w, sums)
+    return _sum("valgrad", k, x, y, w, sums)
 
 
 def kernel_hessian_matvec(

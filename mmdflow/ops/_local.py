@@ -201,6 +201,13 @@ def _blocked_grad_matvec(k, x, y, w, block_size):
     return _blocked_reduce(k.grad_block, x, y, w, block_size, (w.shape[1], x.shape[1]))
 
 
+def _blocked_value_grad_matvec(k, x, y, w, block_size):
+    x, y = _centre(k, x, y)
+    tail = (w.shape[1], 1 + x.shape[1])
+    out = _blocked_reduce(k.value_grad_block, x, y, w, block_size, tail)
+    return out[..., 0], out[..., 1:]
+
+
 # ---------------------------------------------------------------- one-device sums
 def kernel_matvec(
     k: Kernel,
@@ -252,6 +259,30 @@ def kernel_grad_matvec(
     else:
         out = _blocked_grad_matvec(k, x, y, w, block_size)
     return out[:, 0, :] if vec else out
+
+
+def kernel_value_and_grad_matvec(
+    k: Kernel,
+    x: jax.Array,
+    y: jax.Array,
+    w: jax.Array,
+    *,
+    impl: str = "auto",
+    block_size: int | tuple[int, int] | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """The one-device ``kernel_value_and_grad_matvec`` (:mod:`mmdflow.ops`)."""
+    x, y, w, vec = _prepare(k, x, y, w)
+    kw = dict(impl=impl, block_size=block_size)
+    if isinstance(k, FeatureKernel):  # as kernel_grad_matvec: features once, grads pulled back
+        fx, pull = k.linearize(x)
+        fy = fx if y is x else k.features(y)
+        v, g = kernel_value_and_grad_matvec(k.base, fx, fy, w, **kw)
+        g = pull(g)
+    elif resolve_impl(impl, x.shape[0], y.shape[0], k, x.dtype) == "blocked":
+        v, g = _blocked_value_grad_matvec(k, x, y, w, block_size)
+    else:  # the dense reference and the fused kernels: the two sums
+        v, g = kernel_matvec(k, x, y, w, **kw), kernel_grad_matvec(k, x, y, w, **kw)
+    return (v[:, 0], g[:, 0, :]) if vec else (v, g)
 
 
 def kernel_hessian_matvec(
