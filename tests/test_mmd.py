@@ -238,6 +238,25 @@ def test_mmd2_derivatives_match_finite_differences_of_numpy(name, make, p, leaf,
     np.testing.assert_allclose(jvp, dot, rtol=1e-12)
 
 
+@pytest.mark.parametrize(("d", "shift"), [(3, 1e4), (64, 100.0)])
+@pytest.mark.parametrize("name", ["gaussian", "laplace"])
+def test_float32_gradient_of_mmd2_vs_float64(name, d, shift, rng):
+    # d MMD^2 / dx_i = 2/n (mean_j grad k(x_i, x_j) - mean_j grad k(x_i, y_j)), coincident
+    # pairs included, far from the origin (the float32 points themselves are the reference's)
+    x = (rng.normal(size=(300, d)) + shift).astype(np.float32).astype(np.float64)
+    y = (rng.normal(size=(250, d)) * 1.2 + shift + 0.3).astype(np.float32).astype(np.float64)
+    y[:20] = x[:20]
+    k, p = kernels.Gaussian(np.sqrt(d)), {"bw": np.sqrt(d)}
+    if name == "laplace":
+        k = kernels.Laplace(np.sqrt(d))
+    want = 2 / len(x) * (ref_grad_x(name, x, x, p).mean(1) - ref_grad_x(name, x, y, p).mean(1))
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    got = jax.grad(lambda x: mmdflow.mmd2(x, f32(y), k))(f32(x))
+    assert got.dtype == jnp.float32
+    err = np.max(np.abs(np.asarray(got, np.float64) - want)) / np.max(np.abs(want))
+    assert err < 1e-5, err
+
+
 def test_mmd2_second_derivatives_in_points(rng):
     # Hessians differentiate the kernel sums inside the closed-form first derivatives
     x, y = _data(rng, n=6, m=5, d=2)
