@@ -35,7 +35,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from mmdflow._checks import check_mass, check_points, normalized_weights
 from mmdflow._mesh import points_and_weights
-from mmdflow.kernels import Kernel, _pytree, _Squared
+from mmdflow.kernels import FeatureKernel, Kernel, _pytree, _Squared
 from mmdflow.ops import (
     SumConfig,
     check_kernel,
@@ -119,6 +119,10 @@ def _mmd2_eager(x, y, wx, wy, k, estimator, sums):
         return jnp.mean(kv(x1, x2) + kv(y1, y2) - kv(x1, y2) - kv(x2, y1))
     a = normalized_weights("wx", wx, n, "x", x.dtype)
     b = normalized_weights("wy", wy, m, "y", x.dtype)
+    if isinstance(k, FeatureKernel):
+        # the base kernel on the features: derivatives in the feature map's parameters are
+        # then the closed-form ones in the features, pulled back through the feature map
+        x, y, k = k.features(x), k.features(y), k.base
     terms = _mean_embedding_products if is_pytree(k) else _mean_embedding_products_autodiff
     txx, tyy, txy = terms(x, y, a, b, k, sums)
     if estimator == "biased":

@@ -103,6 +103,33 @@ def test_mmd2_and_witness_gradient_equal_precomputed_features(case):
     np.testing.assert_allclose(dx, -2 / n * np.einsum("nkd,nk->nd", jx, gf), atol=1e-12)
 
 
+@pytest.mark.parametrize("estimator", ["biased", "unbiased"])
+def test_mmd2_gradient_in_the_feature_parameters(case, estimator):
+    # the critic's gradient: closed-form derivatives in the features, pulled back through the
+    # feature map, against central differences of the float64 NumPy estimate
+    k, p, x, y, _, _ = case
+    n, m = len(x), len(y)
+
+    def ref(q):
+        kxx, kyy, kxy = (
+            _np_gauss(_np_feat(q, u)[0], _np_feat(q, v)[0])[0] for u, v in ((x, x), (y, y), (x, y))
+        )
+        if estimator == "biased":
+            return kxx.mean() + kyy.mean() - 2 * kxy.mean()
+        return (kxx.sum() - n) / (n * (n - 1)) + (kyy.sum() - m) / (m * (m - 1)) - 2 * kxy.mean()
+
+    f = lambda q: mmd.mmd2(x, y, kernels.FeatureKernel(k.base, _feat, q), estimator=estimator)
+    got = jax.jit(jax.grad(f))(k.params)
+    h = 1e-6
+    for name, leaf in p.items():
+        want = np.zeros_like(leaf)
+        for i in np.ndindex(leaf.shape):
+            e = np.zeros_like(leaf)
+            e[i] = h
+            want[i] = (ref({**p, name: leaf + e}) - ref({**p, name: leaf - e})) / (2 * h)
+        np.testing.assert_allclose(got[name], want, rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize("kind", ["kernelized", "param-sobolev", "mmd-gd"])
 def test_directions_in_feature_space_equal_the_generator_seen_through_phi(case, rng, kind):
     """Directions with the learned kernel equal those of ``phi o g`` with the base kernel on
