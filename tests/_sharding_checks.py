@@ -242,7 +242,11 @@ out["gen_trainer"] = tree_rel(t1.params, t0.params)
 
 # the CLI's --devices: sharded runs equal the single-device ones (float32, uneven n = 60)
 import tempfile
-from mmdflow import cli
+from mmdflow import cli, plots
+# compared: particles.npy and metrics.json; the pictures (drawn and checked by test_cli.py)
+# are not drawn here (about 2 s of matplotlib per run)
+plots.plot_flow = lambda *a, **kw: [0]
+plots.plot_history = lambda *a, **kw: None
 tmp = tempfile.mkdtemp()
 base = ["flow", "--n", "60", "--steps", "4", "--record-every", "2", "--quiet"]
 cases = (("rff", ["--num-features", "64"]), ("exact", []), ("mmd", ["--method", "mmd"]))
