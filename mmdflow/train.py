@@ -364,11 +364,16 @@ class GeneratorTrainer:
         ones = jnp.full((y_eval.shape[0],), 1.0 / y_eval.shape[0], y_eval.dtype)
         kyy = float(jnp.mean(kernel_matvec(self.kernel, y_eval, y_eval, ones)))
 
+        # the held-out samples and latents are arguments, not closed-over constants: XLA
+        # would constant-fold their kernel sums at every compilation (seconds at N' = 400)
         @jax.jit
-        def evaluate(params):
+        def _evaluate(params, z_eval, y_eval, ones):
             x = self.gen_fn(params, z_eval)
             overlap = jnp.mean(kernel_matvec(self.kernel, x, y_eval, ones)) / kyy
             return mmd2(x, y_eval, self.kernel, estimator="unbiased"), overlap
+
+        def evaluate(params):
+            return _evaluate(params, z_eval, y_eval, ones)
 
         floats = ("mmd2", "velocity_norm", "critic")
         floats += () if self.critic is None else CRITIC_METRICS

@@ -16,3 +16,52 @@ def notebook_code(path: Path) -> str:
         lines += [ln for ln in src.splitlines() if not ln.lstrip().startswith(("%", "!"))]
         lines.append("")
     return "\n".join(lines)
+
+
+#: what :func:`run_small` runs in its subprocess (``argv``: the notebook, the expression)
+_RUNNER = r"""
+import json, sys
+import matplotlib
+matplotlib.use("Agg")
+import jax
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+path, expr, code = sys.argv[1], sys.argv[2], sys.stdin.read()
+ns = {"__name__": "__notebook__"}
+exec(compile(code, path, "exec"), ns)
+print("RESULT " + json.dumps(eval(expr, ns)))
+"""
+
+
+def run_small(path: Path, expr: str, timeout: float = 900) -> object:
+    """Runs a notebook's code (``MMDFLOW_NOTEBOOK_SMALL=1``, Agg, in its folder) in a
+    subprocess and returns ``expr`` evaluated in its namespace (JSON: NaN allowed).
+
+    For notebooks whose run time is spent running, not compiling, programs (training
+    loops, convolutions): the subprocess compiles at XLA's default CPU optimisation level,
+    not the test processes' ``--xla_backend_optimization_level=0`` (``conftest.py``),
+    whose unoptimised code ran the notebook's steps up to 30x slower (the 04 notebook's
+    digits ConvGenerator: 1.2 s per kernelized step instead of 0.04 s). Float64 and
+    strict rank promotion are on, as in the test processes.
+    """
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, MMDFLOW_NOTEBOOK_SMALL="1", MPLBACKEND="Agg")
+    flags = env.get("XLA_FLAGS", "").split()
+    env["XLA_FLAGS"] = " ".join(
+        f for f in flags if not f.startswith("--xla_backend_optimization_level")
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", _RUNNER, str(path), expr],
+        input=notebook_code(path),
+        cwd=Path(path).parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return json.loads(lines[-1][len("RESULT ") :])

@@ -138,6 +138,38 @@ def _empty_aux(stepper, state, y, wy):
     return jax.tree.map(fill, shapes)
 
 
+def _replicated_on_mesh(tree):
+    """``tree`` with its replicated leaves laid out as the compiled chunks return them.
+
+    On a mesh, leaves the chunk did not make (the key, the step count, scalars from
+    ``init`` and :func:`_empty_aux`) arrive replicated but with another sharding type
+    (``GSPMDSharding``, one device) than the ``NamedSharding(mesh, P())`` of the chunk's
+    outputs; the second chunk would then compile again. Sharded leaves are kept.
+    """
+    leaves = jax.tree.leaves(tree)
+    mesh = next(
+        (
+            a.sharding.mesh
+            for a in leaves
+            if isinstance(getattr(a, "sharding", None), jax.sharding.NamedSharding)
+        ),
+        None,
+    )
+    if mesh is None:
+        return tree
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def place(a):
+        sh = getattr(a, "sharding", None)
+        if isinstance(sh, jax.sharding.NamedSharding) or (
+            sh is not None and not sh.is_fully_replicated
+        ):
+            return a
+        return jax.device_put(a, rep)
+
+    return jax.tree.map(place, tree)
+
+
 def _start_history(
     history: Mapping[str, Any], record_trajectory: bool, start: int, metric: str = "mmd2"
 ) -> dict:
@@ -276,6 +308,7 @@ def run(
     start = int(state.count)
     t0 = time.perf_counter()
     aux = _empty_aux(stepper, state, y, wy)
+    state, aux = _replicated_on_mesh((state, aux))  # one compilation of the chunk
     if history is None:
         nan = float("nan")
         hist = {"step": [start], metric: [float(measure(state.x, state.wx, y, wy))]}
