@@ -13,7 +13,8 @@ weights that are negative, non-finite or all zero raise ``ValueError``; traced w
 (arguments of a jitted function) cannot be checked: all-zero traced weights give NaN and
 negative ones a signed measure.
 Everything is differentiable in points, weights and kernel hyperparameters, and
-jit/vmap-able. NaN or inf inputs are not masked; they make the outputs NaN.
+jit/vmap-able; the MMD^2 estimators' derivatives in points and weights are closed-form kernel
+sums (no reverse pass through the sums' loops). NaN or inf inputs are not masked; they make the outputs NaN.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -157,8 +158,9 @@ def _mean_embedding_products_jvp(sums, primals, tangents):
     and the gradient of a point set costs one value-and-gradient pass
     (:func:`~mmdflow.ops.kernel_value_and_grad_matvec`) over the pairs the value visits anyway:
     for ``x`` alone, the passes ``(x, x)`` and ``(x, y)`` plus the value sum over ``(y, y)``.
-    Tangents of the kernel's own leaves (bandwidths, learned features) go through autodiff of
-    the three sums. Higher derivatives differentiate these kernel sums.
+    Tangents of the kernel's own leaves (bandwidths) go through autodiff of the three sums (a
+    ``FeatureKernel`` arrives as its base kernel on the features, so its network parameters do
+    not). Higher derivatives differentiate these kernel sums.
     """
     x, y, a, b, k = primals
     dx, dy, da, db, dk = tangents
