@@ -28,7 +28,11 @@ config (n 16k ... 1M, d 2, 3, 16, 64, 784), and each record also reports
 the SFUs: ~4,200 Gpairs/s on an H100/H200 SXM: 132 SMs x 16 SFU/clk x ~1.98 GHz), a
 roofline for the Gaussian kernel sums (``matvec``, ``grad_matvec``).
 * op: ``matvec`` (``kernel_matvec``), ``grad_matvec`` (``kernel_grad_matvec``,
-  ``[n, d]``), ``mmd2`` (the biased ``mmd2``: three kernel sums, xx, yy and xy) and
+  ``[n, d]``), ``hess_matvec`` (``kernel_hessian_matvec`` against ``e = w y``, ``[m, d]``: the
+  cross-Hessian sum of every exact Sobolev CG iteration; the baselines use the closed form
+  ``(K e - ((q 1) x - q y) / h^2) / h^2``, ``q_ij = k_ij (x_i - y_j) . e_j``, with ``x e^T``,
+  ``K e`` and ``q [1, y]`` as GEMMs; ott-jax has no Hessian sum), ``mmd2`` (the biased
+  ``mmd2``: three kernel sums, xx, yy and xy) and
   ``grad_of_mmd2`` (``jax.grad`` of it w.r.t. ``x``: the value and its backward pass); the
   ratio of their run times is the value-and-gradient rate relative to the forward rate.
 
@@ -87,7 +91,7 @@ IMPLS = (
     "blocked_pairwise",
 )
 DEFAULT_IMPLS = IMPLS[:-1]  # blocked_pairwise: on request (--impls)
-OPS = ("matvec", "grad_matvec", "mmd2", "grad_of_mmd2")
+OPS = ("matvec", "grad_matvec", "hess_matvec", "mmd2", "grad_of_mmd2")
 KERNELS = ("gaussian", "imq", "laplace", "mixture")
 
 QUICK_N, QUICK_D = (1024, 2048), (2, 16)
@@ -208,6 +212,36 @@ def gemm_grad_matvec(h, x, y, w, chunk):
     return _row_blocks(f, x, GEMM_ROWS)
 
 
+def plain_hess_matvec(h, x, y, e, chunk):
+    """``sum_j H(x_i, y_j) e_j = sum_j k_ij [e_j - r_ij (r_ij . e_j) / h^2] / h^2``, ``r = x_i - y_j``."""
+
+    def row(xi):
+        kv = _plain_gauss_row(h, xi, y)
+        r = xi[None, :] - y  # [m, d]
+        q = kv * jnp.sum(r * e, axis=-1)
+        return (
+            jnp.matmul(kv, e, precision=HIGHEST) - jnp.matmul(q, r, precision=HIGHEST) / h**2
+        ) / h**2
+
+    return lax.map(row, x, batch_size=chunk)
+
+
+def gemm_hess_matvec(h, x, y, e, chunk):
+    """The closed form with ``q_ij = k_ij (x_i . e_j - y_j . e_j)``: ``(K e - (q 1) x + q y) / h^2``
+    scaled as in :func:`plain_hess_matvec`; ``x e^T``, ``K e`` and ``q [1, y]`` are GEMMs."""
+    yy, ye = jnp.sum(y * y, -1), jnp.sum(y * e, -1)
+    rhs = jnp.concatenate([jnp.ones_like(y[:, :1]), y], axis=1)
+
+    def f(xb):
+        kv = _gemm_gauss(h, xb, y, yy)
+        q = kv * (jnp.matmul(xb, e.T, precision=HIGHEST) - ye[None])
+        o = jnp.matmul(q, rhs, precision=HIGHEST)
+        ke = jnp.matmul(kv, e, precision=HIGHEST)
+        return (ke - (o[:, :1] * xb - o[:, 1:]) / h**2) / h**2
+
+    return _row_blocks(f, x, GEMM_ROWS)
+
+
 def baseline_mmd2(matvec, h, x, y, chunk):
     """Biased MMD^2 from three kernel sums of a baseline's ``matvec(h, x, y, w, chunk)``."""
     n, m = x.shape[0], y.shape[0]
@@ -254,23 +288,31 @@ def ott_grad_matvec(h, x, y, w, chunk):
     return (kv[:, :-1] - kv[:, -1:] * x) / h**2
 
 
-# baseline impl -> (matvec, grad_matvec), each ``f(h, x, y, w, chunk)`` for the Gaussian
+# baseline impl -> (matvec, grad_matvec, hess_matvec or None), each ``f(h, x, y, w, chunk)``
+# for the Gaussian (``hess_matvec`` takes ``e [m, d]`` for ``w``)
 BASELINES = {
-    "plain_jax_chunked": (plain_matvec, plain_grad_matvec),
-    "plain_jax_gemm": (gemm_matvec, gemm_grad_matvec),
-    "ott_online": (ott_matvec, ott_grad_matvec),
+    "plain_jax_chunked": (plain_matvec, plain_grad_matvec, plain_hess_matvec),
+    "plain_jax_gemm": (gemm_matvec, gemm_grad_matvec, gemm_hess_matvec),
+    "ott_online": (ott_matvec, ott_grad_matvec, None),
 }
+
+
+def hess_rhs(y, w):
+    """The ``e [m, d]`` of the ``hess_matvec`` op: ``w_j y_j``."""
+    return w[:, None] * y
 
 
 # ---------------------------------------------------------------- the benchmarked functions
 def build_fn(impl: str, op: str, block_size, chunk: int):
     """Returns ``f(k, x, y, w)`` to jit (``k`` is a kernel pytree)."""
     if impl in BASELINES:
-        mv, gmv = BASELINES[impl]
+        mv, gmv, hmv = BASELINES[impl]
         if op == "matvec":
             return lambda k, x, y, w: mv(k.bandwidth, x, y, w, chunk)
         if op == "grad_matvec":
             return lambda k, x, y, w: gmv(k.bandwidth, x, y, w, chunk)
+        if op == "hess_matvec":
+            return lambda k, x, y, w: hmv(k.bandwidth, x, y, hess_rhs(y, w), chunk)
         mmd = lambda k, x, y: baseline_mmd2(mv, k.bandwidth, x, y, chunk)
         if op == "mmd2":
             return lambda k, x, y, w: mmd(k, x, y)
@@ -283,6 +325,8 @@ def build_fn(impl: str, op: str, block_size, chunk: int):
         return lambda k, x, y, w: ops.kernel_matvec(k, x, y, w, **kw)
     if op == "grad_matvec":
         return lambda k, x, y, w: ops.kernel_grad_matvec(k, x, y, w, **kw)
+    if op == "hess_matvec":
+        return lambda k, x, y, w: ops.kernel_hessian_matvec(k, x, y, hess_rhs(y, w), **kw)
     if op == "mmd2":
         return lambda k, x, y, w: mmdflow.mmd2(x, y, k, **kw)
     return lambda k, x, y, w: jax.grad(lambda x: mmdflow.mmd2(x, y, k, **kw))(x)
@@ -524,6 +568,8 @@ def skip_reason(args, kname, op, impl, n, m, d, prev) -> str | None:
             return "ott-jax baseline is Gaussian-only (PointCloud's kernel is exp(-cost / eps))"
         if ott_pointcloud() is None:
             return 'ott-jax is not installed (pip install -e ".[bench]")'
+        if op == "hess_matvec":
+            return "ott-jax has no Hessian kernel sum"
     if impl == "pallas" and jax.default_backend() != "gpu":
         if not args.quick or n > args.pallas_interpret_max_n:
             return (

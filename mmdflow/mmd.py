@@ -33,6 +33,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
+from jax.flatten_util import ravel_pytree
 
 from mmdflow._checks import check_mass, check_points, normalized_weights
 from mmdflow._mesh import points_and_weights
@@ -147,6 +148,44 @@ def _mean_embedding_products_autodiff(x, y, a, b, k, sums):
 
 _mean_embedding_products = jax.custom_jvp(_mean_embedding_products_autodiff, nondiff_argnums=(5,))
 
+#: a kernel tangent in at most this many scalar parameters (the leaves whose tangents are not
+#: symbolic zeros) gets the three products' derivatives as forward-mode coefficients, one
+#: tangent pass per parameter sharing the value pass, which reverse mode transposes as a dot
+#: product; more parameters go through autodiff of the sums (one reverse pass for all).
+#: Measured (value and gradient in the bandwidths of ``mmd2``, n = 4096, d = 2, over the
+#: forward time): one bandwidth 1.4-1.8x with coefficients against 2.3-2.9x by autodiff; four
+#: (``MixtureRBF``) 4.0x against 3.6x.
+KERNEL_COEFFICIENTS_MAX_PARAMS = 2
+
+
+def _kernel_tangent_jvp(x, y, a, b, k, dk, zero, sums):
+    """``jax.jvp`` of :func:`_mean_embedding_products_autodiff` in the kernel ``k`` along ``dk``
+    (a tangent tree whose leaves may be symbolic zeros): values and tangents."""
+    f = lambda kk: _mean_embedding_products_autodiff(x, y, a, b, kk, sums)
+    leaves, treedef = jax.tree.flatten(k)
+    tangents = jax.tree.leaves(dk, is_leaf=zero)
+    active = [i for i, t in enumerate(tangents) if not zero(t)]
+    params, unravel = ravel_pytree([leaves[i] for i in active])
+    if params.size > KERNEL_COEFFICIENTS_MAX_PARAMS or not jnp.issubdtype(
+        params.dtype, jnp.inexact
+    ):
+        dk = [
+            t if i in active else jnp.zeros_like(p)
+            for i, (t, p) in enumerate(zip(tangents, leaves, strict=True))
+        ]
+        return jax.jvp(f, (k,), (jax.tree.unflatten(treedef, dk),))
+
+    def along(v):  # the tangent along one parameter direction v
+        dl = [jnp.zeros_like(p) for p in leaves]
+        for i, t in zip(active, unravel(v), strict=True):
+            dl[i] = t
+        return jax.jvp(f, (k,), (jax.tree.unflatten(treedef, dl),))
+
+    basis = jnp.eye(params.size, dtype=params.dtype)
+    out, coef = jax.vmap(along, out_axes=(None, 0))(basis)  # coef: 3 x [params]
+    dparams, _ = ravel_pytree([tangents[i] for i in active])
+    return out, tuple(jnp.dot(c, dparams) for c in coef)
+
 
 def _mean_embedding_products_jvp(sums, primals, tangents):
     """Derivatives of :func:`_mean_embedding_products` in closed form (``k`` symmetric).
@@ -158,9 +197,11 @@ def _mean_embedding_products_jvp(sums, primals, tangents):
     and the gradient of a point set costs one value-and-gradient pass
     (:func:`~mmdflow.ops.kernel_value_and_grad_matvec`) over the pairs the value visits anyway:
     for ``x`` alone, the passes ``(x, x)`` and ``(x, y)`` plus the value sum over ``(y, y)``.
-    Tangents of the kernel's own leaves (bandwidths) go through autodiff of the three sums (a
-    ``FeatureKernel`` arrives as its base kernel on the features, so its network parameters do
-    not). Higher derivatives differentiate these kernel sums.
+    Tangents of the kernel's own leaves (bandwidths) are forward-mode coefficients for up to
+    :data:`KERNEL_COEFFICIENTS_MAX_PARAMS` parameters, autodiff of the three sums beyond
+    (:func:`_kernel_tangent_jvp`; a ``FeatureKernel`` arrives as its base kernel on the
+    features, so its network parameters take the closed form in the points). Higher
+    derivatives differentiate these kernel sums.
     """
     x, y, a, b, k = primals
     dx, dy, da, db, dk = tangents
@@ -174,10 +215,7 @@ def _mean_embedding_products_jvp(sums, primals, tangents):
     if on_y:
         (kyy_b, gyy), (kyx_a, gyx) = sum_of(y, y, b), sum_of(y, x, a)
     if kernel_tangent:
-        dk = jax.tree.map(lambda t, p: jnp.zeros_like(p) if zero(t) else t, dk, k, is_leaf=zero)
-        out, dout = jax.jvp(
-            lambda kk: _mean_embedding_products_autodiff(x, y, a, b, kk, sums), (k,), (dk,)
-        )
+        out, dout = _kernel_tangent_jvp(x, y, a, b, k, dk, zero, sums)
     else:
         txx = jnp.dot(a, kxx_a if on_x else matvec(x, x, a))
         tyy = jnp.dot(b, kyy_b if on_y else matvec(y, y, b))

@@ -67,14 +67,14 @@ def test_plot_results_replots_a_json(tmp_path):
     assert plot.main([str(src), "--out", str(tmp_path / "x.png")]).stat().st_size > 0
 
 
-@pytest.mark.parametrize("baseline", ["plain_jax_chunked", "ott_online"])
+@pytest.mark.parametrize("baseline", ["plain_jax_chunked", "plain_jax_gemm", "ott_online"])
 def test_baselines_compute_the_same_sums_as_numpy(baseline):
     # the plain-JAX and ott-jax baselines must be the same ops as mmdflow's, or the
     # comparison rows mean nothing (ott-jax is optional: the ".[bench]" extra)
     bench = _load_script()
     if baseline == "ott_online" and bench.ott_pointcloud() is None:
         pytest.skip('ott-jax is not installed (pip install -e ".[bench]")')
-    mv, gmv = bench.BASELINES[baseline]
+    mv, gmv, hmv = bench.BASELINES[baseline]
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(40, 3)), rng.normal(size=(30, 3)) + 0.5
     w, h = rng.uniform(0.5, 1.5, 30), 1.3
@@ -84,6 +84,12 @@ def test_baselines_compute_the_same_sums_as_numpy(baseline):
     np.testing.assert_allclose(mv(h, *args), kxy @ w, rtol=1e-10)
     want = np.einsum("ij,j,ijd->id", kxy, w, -diff) / h**2
     np.testing.assert_allclose(gmv(h, *args), want, rtol=1e-9, atol=1e-12)
+    if hmv is not None:  # cross-Hessian sum: k_ij [e_j - r_ij (r_ij . e_j) / h^2] / h^2
+        e = rng.normal(size=(30, 3))
+        re = np.einsum("ijd,jd->ij", diff, e)
+        want = (kxy @ e - np.einsum("ij,ij,ijd->id", kxy, re, diff) / h**2) / h**2
+        got = hmv(h, jnp.asarray(x), jnp.asarray(y), jnp.asarray(e), 16)
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
 def test_flow_steps_quick_writes_json(tmp_path):

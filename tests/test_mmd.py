@@ -207,6 +207,13 @@ _GAUSS = ("gaussian", kernels.Gaussian, {"bw": 0.8}, "bw")
         (*_GAUSS, "biased"),
         (*_GAUSS, "unbiased"),
         ("imq", lambda c: kernels.IMQ(c, beta=-0.7), {"c": 1.2, "beta": -0.7}, "c", "unbiased"),
+        (  # three parameters: more than mmd.KERNEL_COEFFICIENTS_MAX_PARAMS, autodiff of the sums
+            "mixture",
+            lambda bws: kernels.MixtureRBF(bws, jnp.array([0.5, 0.3, 0.2])),
+            {"bws": np.array([0.6, 1.0, 1.7]), "ws": [0.5, 0.3, 0.2]},
+            "bws",
+            "biased",
+        ),
         (
             "poly",
             lambda _: kernels.Polynomial(3),
@@ -218,8 +225,9 @@ _GAUSS = ("gaussian", kernels.Gaussian, {"bw": 0.8}, "bw")
 )
 def test_mmd2_derivatives_match_finite_differences_of_numpy(name, make, p, leaf, estimator, rng):
     # the closed-form derivatives of the three kernel sums (mmd._mean_embedding_products_jvp),
-    # in points, weights and a kernel parameter, on several tiles and with coincident points,
-    # against differences of the float64 NumPy estimate; and forward mode against reverse
+    # in points, weights and kernel parameters (one: forward-mode coefficients; three: autodiff),
+    # on several tiles and with coincident points, against differences of the float64 NumPy
+    # estimate; and forward mode against reverse
     x, y = _data(rng, n=8, m=6)
     x[3], y[0] = x[1], x[0]
     a, b = rng.uniform(0.2, 1, size=8), rng.uniform(0.2, 1, size=6)
