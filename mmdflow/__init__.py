@@ -8,12 +8,14 @@ Layers (no upward imports): ``kernels``, ``sharding`` (meshes, sharded point set
 """
 
 from mmdflow import kernels, ops
+from mmdflow._compile_cache import enable_compilation_cache
 from mmdflow.kernels import median_bandwidth
 from mmdflow.mmd import mmd2, mmd2_variance, witness, witness_grad
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "enable_compilation_cache",
     "kernels",
     "ops",
     "median_bandwidth",

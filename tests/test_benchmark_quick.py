@@ -156,3 +156,16 @@ def test_flows_compare_covers_every_registry_flow():
     samples = {n for n in flows.FLOWS if bench.takes(n, density=False)}
     assert {"svgd", "ksd", "srmmd"} <= density and {"mmd", "srmmd"} <= samples
     assert bench.DENSITY_PROBLEMS and bench.SAMPLE_PROBLEMS
+
+
+def test_tile_probe_times_each_candidate_and_rejects_bad_tiles(tmp_path):
+    bench = load_benchmark("tile_probe")
+    out = tmp_path / "t.json"
+    args = ["--n", "40", "--d", "9", "--ops", "grad", "hess", "--tiles", "default", "16x32"]
+    result = bench.main([*args, "--repeats", "1", "--out", str(out)])
+    assert json.loads(out.read_text())["metadata"]["schema"] == bench.SCHEMA
+    recs = result["records"]
+    assert [(r["op"], len(r["ms"])) for r in recs] == [("grad", 2), ("hess", 2)]
+    assert all(v > 0 for r in recs for v in r["ms"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--tiles", "16by32"])

@@ -3,8 +3,11 @@ overriding a cache the user (or this test suite) configured."""
 
 import jax
 import pytest
+from jax.experimental.compilation_cache import compilation_cache
 
-from mmdflow.cli._common import ENV_COMPILATION_CACHE, _enable_compilation_cache
+import mmdflow
+from mmdflow._compile_cache import ENV_COMPILATION_CACHE
+from mmdflow.cli._common import _enable_compilation_cache
 
 
 @pytest.fixture
@@ -15,6 +18,7 @@ def no_cache():
     yield
     for k, v in old.items():
         jax.config.update(k, v)
+    compilation_cache.reset_cache()  # back to the suite's cache at its next compilation
 
 
 def test_cache_directory_default_and_opt_out(no_cache, monkeypatch, tmp_path):
@@ -37,3 +41,16 @@ def test_cache_directory_default_and_opt_out(no_cache, monkeypatch, tmp_path):
 def test_cache_directory_from_the_environment(no_cache, monkeypatch, tmp_path):
     monkeypatch.setenv(ENV_COMPILATION_CACHE, str(tmp_path / "mine"))
     assert _enable_compilation_cache() == str(tmp_path / "mine")
+
+
+def test_public_function_takes_a_path_and_caches_every_program(no_cache, monkeypatch, tmp_path):
+    # an explicit directory wins over the environment's "off"; after programs were compiled
+    # without a cache (JAX decided then not to use one), a new program, however fast to
+    # compile, lands in it
+    jax.jit(lambda v: v * 2.5)(jax.numpy.ones(3)).block_until_ready()
+    monkeypatch.setenv(ENV_COMPILATION_CACHE, "off")
+    assert mmdflow.enable_compilation_cache(tmp_path / "c") == str(tmp_path / "c")
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "c")
+    assert mmdflow.enable_compilation_cache(tmp_path / "other") is None  # already configured
+    jax.jit(lambda v: jax.numpy.sin(v) * 3.25)(jax.numpy.ones(7)).block_until_ready()
+    assert any(p.is_file() for p in (tmp_path / "c").rglob("*"))

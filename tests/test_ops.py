@@ -189,7 +189,7 @@ print("ok")
 def test_default_tiles_on_cpu(monkeypatch):
     # on CPU the default block_size means tiles of about CPU_TILE_PAIRS pairs, CPU_TILE_COLS
     # wide for up to CPU_UNROLL_COL_BLOCKS column blocks, wider beyond, for the
-    # direct-difference distance; 1024 x 1024 otherwise
+    # direct-difference distance; 512 x 1024 otherwise
     assert jax.default_backend() == "cpu"
     monkeypatch.setattr(ops._local, "CPU_TILE_PAIRS", 2**21)
     monkeypatch.setattr(ops._local, "CPU_TILE_COLS", 2**14)
@@ -199,10 +199,8 @@ def test_default_tiles_on_cpu(monkeypatch):
     assert ops.default_tiles(3, 10**6, 2048) == (1024, 2048)
     assert ops.default_tiles(kernels.DIRECT_MAX_D, 1000, 900) == (1000, 900)  # one tile
     assert ops.default_tiles(3, 10**6, 2**24) == (1, 2**22)
-    assert (
-        ops.default_tiles(kernels.DIRECT_MAX_D + 1, 10**6, 10**6)
-        == (ops._local.DEFAULT_BLOCK_SIZE,) * 2
-    )
+    # the GEMM distance form: CPU_GEMM_TILE_ROWS x DEFAULT_BLOCK_SIZE (clipped to n, m later)
+    assert ops.default_tiles(kernels.DIRECT_MAX_D + 1, 10**6, 10**6) == (512, 1024)
 
 
 @pytest.mark.parametrize("m", [200, 517, 1100])  # column blocks: 1 (one loop), 3, 4 wide

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from mmdflow._compile_cache import enable_compilation_cache
+
 #: ``--kernel mixture``: bandwidths are these multiples of the base (median) bandwidth.
 MIXTURE_FACTORS = (0.125, 0.25, 0.5, 1.0)
 
@@ -23,30 +25,10 @@ COLOR_REG = 0.1
 _ENV_DEBUG = "MMDFLOW_DEBUG"
 
 
-#: the command's persistent compilation cache: a directory, or "off"; default
-#: ``$XDG_CACHE_HOME/mmdflow/jax`` (``~/.cache/mmdflow/jax``)
-ENV_COMPILATION_CACHE = "MMDFLOW_COMPILATION_CACHE"
-
-
 def _enable_compilation_cache() -> str | None:
-    """Turns on JAX's persistent compilation cache for this command; returns its directory.
-
-    A second run of the same command (same shapes, options and JAX version) then loads its
-    compiled programs from disk instead of compiling them again. Nothing changes when the cache
-    is already configured (``JAX_COMPILATION_CACHE_DIR`` or ``jax.config``) or when
-    ``MMDFLOW_COMPILATION_CACHE=off``. Every program is cached, however fast it compiled: the
-    command's many small programs add up to seconds.
-    """
-    import jax
-
-    setting = os.environ.get(ENV_COMPILATION_CACHE, "")
-    if setting.lower() == "off" or jax.config.jax_compilation_cache_dir:
-        return None
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    path = str(Path(setting).expanduser() if setting else Path(base) / "mmdflow" / "jax")
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    return path
+    """The command's persistent compilation cache (:func:`mmdflow.enable_compilation_cache`):
+    ``$MMDFLOW_COMPILATION_CACHE`` (a directory, or "off"), else ``~/.cache/mmdflow/jax``."""
+    return enable_compilation_cache()
 
 
 class CLIError(Exception):

@@ -25,6 +25,10 @@ AUTO_PALLAS_ON_GPU = False
 #: ``CPU_UNROLL_COL_BLOCKS`` column blocks, wider beyond.
 CPU_TILE_PAIRS = 2**21
 CPU_TILE_COLS = 16384
+#: the blocked path on CPU with the GEMM distance form (``d > DIRECT_MAX_D``) and the default
+#: ``block_size``: tiles of ``CPU_GEMM_TILE_ROWS x DEFAULT_BLOCK_SIZE`` (benchmarks/RESULTS.md:
+#: as fast as 1024 x 1024 or faster for every sum at n = 4k and 16k, d = 16 and 64)
+CPU_GEMM_TILE_ROWS = 512
 #: on CPU the loop over column blocks is unrolled up to this many blocks (any ``block_size``):
 #: XLA:CPU runs a rolled loop of tiles nested in the loop over row blocks 3-5x slower
 #: (benchmarks/RESULTS.md)
@@ -112,18 +116,21 @@ def default_tiles(d: int, n: int, m: int) -> tuple[int, int]:
     ``bx = min(n, max(1, CPU_TILE_PAIRS // by))``: tiles of about ``CPU_TILE_PAIRS`` pairs, at
     most ``CPU_UNROLL_COL_BLOCKS`` column blocks (unrolled), a single tile for up to
     ``CPU_TILE_PAIRS`` pairs. Measured on 2 cores (d = 2, n = m = 65,536): 5x faster forward and
-    2.3x faster in reverse mode than a rolled loop over 8192-column blocks. Otherwise (GEMM
-    distance form, GPUs) ``DEFAULT_BLOCK_SIZE`` squared.
+    2.3x faster in reverse mode than a rolled loop over 8192-column blocks. On a CPU backend
+    with the GEMM distance form, ``CPU_GEMM_TILE_ROWS x DEFAULT_BLOCK_SIZE``; on GPUs
+    ``DEFAULT_BLOCK_SIZE`` squared.
 
     Example:
       >>> from mmdflow import ops
       >>> ops.default_tiles(2, 10**5, 10**5) if jax.default_backend() == "cpu" else (83, 25000)
       (83, 25000)
     """
-    if jax.default_backend() == "cpu" and d <= DIRECT_MAX_D:
-        by = min(m, max(CPU_TILE_COLS, -(-m // CPU_UNROLL_COL_BLOCKS)))
-        return min(n, max(1, CPU_TILE_PAIRS // by)), by
-    return DEFAULT_BLOCK_SIZE, DEFAULT_BLOCK_SIZE
+    if jax.default_backend() != "cpu":
+        return DEFAULT_BLOCK_SIZE, DEFAULT_BLOCK_SIZE
+    if d > DIRECT_MAX_D:
+        return CPU_GEMM_TILE_ROWS, DEFAULT_BLOCK_SIZE
+    by = min(m, max(CPU_TILE_COLS, -(-m // CPU_UNROLL_COL_BLOCKS)))
+    return min(n, max(1, CPU_TILE_PAIRS // by)), by
 
 
 def _blocked_reduce(tile, x, y, w, block_size, tail):
