@@ -34,11 +34,13 @@ roofline for the Gaussian kernel sums (``matvec``, ``grad_matvec``).
   ``K e`` and ``q [1, y]`` as GEMMs; ott-jax has no Hessian sum), ``mmd2`` (the biased
   ``mmd2``: three kernel sums, xx, yy and xy) and
   ``grad_of_mmd2`` (``jax.grad`` of it w.r.t. ``x``: the value and its backward pass); the
-  ratio of their run times is the value-and-gradient rate relative to the forward rate.
+  ratio of their run times is the value-and-gradient rate relative to the forward rate;
+  ``kernel_grad_of_mmd2``: ``jax.value_and_grad`` of it w.r.t. the kernel's parameters (the
+  Gaussian's bandwidth; the baselines differentiate their three sums by autodiff).
 
 Per configuration: ``jit(f).lower(*args).compile()`` time (reported apart), one
 warm-up call, then the median over ``--repeats`` calls (``block_until_ready``).
-Gpairs/s is ``n * m / run_time / 1e9`` for every op (for ``mmd2`` and ``grad_of_mmd2`` this
+Gpairs/s is ``n * m / run_time / 1e9`` for every op (for the ``mmd2`` ops this
 is a nominal rate: the call touches ~3 n m pairs forward, and again backward).
 
 Skips, recorded with their reason: dense when ``n * m * 4`` bytes exceed
@@ -91,7 +93,7 @@ IMPLS = (
     "blocked_pairwise",
 )
 DEFAULT_IMPLS = IMPLS[:-1]  # blocked_pairwise: on request (--impls)
-OPS = ("matvec", "grad_matvec", "hess_matvec", "mmd2", "grad_of_mmd2")
+OPS = ("matvec", "grad_matvec", "hess_matvec", "mmd2", "grad_of_mmd2", "kernel_grad_of_mmd2")
 KERNELS = ("gaussian", "imq", "laplace", "mixture")
 
 QUICK_N, QUICK_D = (1024, 2048), (2, 16)
@@ -316,6 +318,10 @@ def build_fn(impl: str, op: str, block_size, chunk: int):
         mmd = lambda k, x, y: baseline_mmd2(mv, k.bandwidth, x, y, chunk)
         if op == "mmd2":
             return lambda k, x, y, w: mmd(k, x, y)
+        if op == "kernel_grad_of_mmd2":
+            return lambda k, x, y, w: jax.value_and_grad(
+                lambda h: baseline_mmd2(mv, h, x, y, chunk)
+            )(k.bandwidth)
         return lambda k, x, y, w: jax.grad(lambda x: mmd(k, x, y))(x)
     if impl == "blocked_pairwise":
         inner = build_fn("blocked", op, block_size, chunk)
@@ -329,6 +335,8 @@ def build_fn(impl: str, op: str, block_size, chunk: int):
         return lambda k, x, y, w: ops.kernel_hessian_matvec(k, x, y, hess_rhs(y, w), **kw)
     if op == "mmd2":
         return lambda k, x, y, w: mmdflow.mmd2(x, y, k, **kw)
+    if op == "kernel_grad_of_mmd2":
+        return lambda k, x, y, w: jax.value_and_grad(lambda kk: mmdflow.mmd2(x, y, kk, **kw))(k)
     return lambda k, x, y, w: jax.grad(lambda x: mmdflow.mmd2(x, y, k, **kw))(x)
 
 
@@ -367,7 +375,7 @@ def metadata(args, sizes) -> dict:
         "definitions": {
             "compile_s": "wall time of jax.jit(f).lower(*args).compile()",
             "run_s": "median wall time of compiled(*args) + block_until_ready, after 1 warm-up",
-            "gpairs_per_s": "n * m / run_s / 1e9 (nominal for mmd2 and grad_of_mmd2: ~3nm pairs, fwd (+bwd))",
+            "gpairs_per_s": "n * m / run_s / 1e9 (nominal for the mmd2 ops: ~3nm pairs, fwd (+bwd))",
             "exp_unit_fraction": "gpairs_per_s / exp_unit_bound_gpairs (GPUs with a known bound)",
             "exp_ceiling_gexp_per_s": "measured_exp_ceiling(): fused sum(exp(-a_i b_j)), 4096^2",
             "exp_ceiling_fraction": "gpairs_per_s / exp_ceiling_gexp_per_s (matvec, grad_matvec)",

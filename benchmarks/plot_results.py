@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter, NullLocator
 
-OPS = ("matvec", "grad_matvec", "hess_matvec", "mmd2", "grad_of_mmd2")
+OPS = ("matvec", "grad_matvec", "hess_matvec", "mmd2", "grad_of_mmd2", "kernel_grad_of_mmd2")
 IMPL_COLORS = {
     "dense": "C0",
     "blocked": "C1",
