@@ -46,6 +46,7 @@ from mmdflow.ops import (
     kernel_grad_matvec,
     kernel_matvec,
     kernel_value_and_grad_matvec,
+    resolve_impl,
 )
 
 __all__ = ["mmd2", "mmd2_variance", "witness", "witness_grad", "ESTIMATORS"]
@@ -149,7 +150,8 @@ def _mean_embedding_products_autodiff(x, y, a, b, k, sums):
 _mean_embedding_products = jax.custom_jvp(_mean_embedding_products_autodiff, nondiff_argnums=(5,))
 
 #: a kernel tangent in at most this many scalar parameters (the leaves whose tangents are not
-#: symbolic zeros) gets the three products' derivatives as forward-mode coefficients, one
+#: symbolic zeros) of sums that run forward mode (not fused, not on a mesh) gets the three
+#: products' derivatives as forward-mode coefficients, one
 #: tangent pass per parameter sharing the value pass, which reverse mode transposes as a dot
 #: product; more parameters go through autodiff of the sums (one reverse pass for all).
 #: Measured (value and gradient of ``mmd2`` in the bandwidths over its forward time, n = 2048
@@ -175,7 +177,10 @@ def _kernel_tangent_jvp(x, y, a, b, k, dk, zero, sums):
     given = [tangents[i] for i in active]
     params, unravel = ravel_pytree([leaves[i] for i in active])
     few = params.size <= KERNEL_COEFFICIENTS_MAX_PARAMS
-    if not (few and jnp.issubdtype(params.dtype, jnp.inexact)):
+    # the fused and mesh sums are custom_vjp functions: their tangents can only be transposed
+    impl = resolve_impl(sums.impl, 1, 1, k, x.dtype) if sums.impl == "auto" else sums.impl
+    forward = sums.mesh is None and impl != "pallas"
+    if not (few and forward and jnp.issubdtype(params.dtype, jnp.inexact)):
         return along(given)
     basis = jnp.eye(params.size, dtype=params.dtype)
     out, coef = jax.vmap(lambda v: along(unravel(v)), out_axes=(None, 0))(basis)

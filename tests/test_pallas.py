@@ -209,6 +209,15 @@ def test_mmd2_and_witness_grad_with_pallas(rng):
     )
     np.testing.assert_allclose(wg, want, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(gx, -2 * a[:, None] * want, rtol=1e-8, atol=1e-12)
+    # in the bandwidth (the fused sums are custom_vjp functions: reverse mode only), against
+    # central differences of the NumPy estimate
+    pairs = ((x, x), (y, y), (x, y))
+    ref = lambda bw: ref_mmd2(
+        *(ref_gram("gaussian", u, v, {**p, "bw": bw}) for u, v in pairs), a, b, "biased"
+    )
+    bw, h = p["bw"], 1e-5
+    gb = jax.grad(lambda bw: mmdflow.mmd2(x, y, kernels.Gaussian(bw), **PALLAS))(bw)
+    np.testing.assert_allclose(gb, (ref(bw + h) - ref(bw - h)) / (2 * h), rtol=1e-6)
 
 
 def test_vmap_and_nan_propagation(rng):
