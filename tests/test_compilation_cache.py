@@ -15,6 +15,7 @@ def no_cache():
     keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
     old = {k: getattr(jax.config, k) for k in keys}
     jax.config.update("jax_compilation_cache_dir", None)
+    compilation_cache.reset_cache()  # as in a fresh process (the suite's cache may be in use)
     yield
     for k, v in old.items():
         jax.config.update(k, v)
