@@ -86,9 +86,12 @@ def _axes_row(
 
 
 def _title(ax, text: str, fontsize: float) -> None:
-    """An axes title at a fixed height: the automatic placement measures every tick label
-    of the axes, once per draw, for x tick labels on top, which these axes never have."""
-    ax.set_title(text, fontsize=fontsize, y=1.0)
+    """An axes title at a fixed height, unless the y axis shows an offset or a scale factor
+    (``1e-3`` above its top end), which the title must clear: the automatic placement
+    measures every tick label of the axes at each draw."""
+    fmt = ax.yaxis.get_major_formatter()
+    fmt.set_locs(ax.yaxis.get_majorticklocs())  # as the draw will, for the final limits
+    ax.set_title(text, fontsize=fontsize, y=None if fmt.get_offset() else 1.0)
 
 
 def _xlabel(ax, text: str, fontsize: float | None = None, ticksize: float | None = None) -> None:
