@@ -123,15 +123,15 @@ def _central(f, a, t, h=1e-3):
     return (4 * cd(h / 2) - cd(h)) / 3
 
 
-# d = 2: direct form (d <= HESS_DIRECT_MAX_D); 5: GEMM form, direct distances; 12: GEMM form,
-# GEMM distances (d > DIRECT_MAX_D); a sparse grid (CI time), each kernel on the GEMM form
+# d = 2 and 5: GEMM form, direct distances; 12: GEMM form, GEMM distances (d > DIRECT_MAX_D);
+# a sparse grid (CI time)
 @pytest.mark.parametrize(("name", "d"), [("imq", 2), ("gaussian", 5), ("imq", 12)])
 def test_hessian_matvec_first_derivatives_at_coincident_points(name, d):
     """The cross-Hessian sum (default: blocked) and its first derivatives where points
     coincide (``jvp`` in ``x``, ``y`` and ``e`` each; reverse mode), against central
     differences of the float64 NumPy reference.
 
-    Above ``HESS_DIRECT_MAX_D`` the sum sets ``q = phi''(s) (r . e)`` to 0 where ``s == 0``
+    The sum sets ``q = phi''(s) (r . e)`` to 0 where ``s == 0``
     and, above ``DIRECT_MAX_D``, ``s`` to 0 where it is within rounding of 0: neither drops
     a first derivative. At ``r = 0`` the pair's ``-4 q r`` has derivative
     ``-4 (dq r + q dr) = 0``, and its ``-2 phi'(s) e`` has ``-2 phi''(0) (2 r . dr) e -

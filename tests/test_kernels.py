@@ -108,7 +108,7 @@ def test_cross_hess_reference_matches_finite_differences(name, rng):
 
 @pytest.mark.parametrize("d", [2, 6, 16])
 def test_hess_block_float32_accuracy_offset_data(d, rng):
-    """fp32, points far from the origin: the GEMM form (d > HESS_DIRECT_MAX_D) is centred."""
+    """fp32, points far from the origin: the GEMM form is centred."""
     k = kernels.MixtureRBF(jnp.asarray((0.5, 1.0, 4.0), jnp.float32))
     p = {"bws": (0.5, 1.0, 4.0), "ws": (1.0, 1.0, 1.0)}
     x, y, e = _hess_points(rng, d, n=40, m=30)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from mmdflow.densities import check_logp, score
 from mmdflow.fields._base import Velocity, check_density_field
 from mmdflow.kernels import Kernel, stein_kernel
-from mmdflow.ops import SumConfig, kernel_grad_matvec, kernel_value_and_grad_matvec
+from mmdflow.ops import SumConfig, kernel_grad_matvec, kernel_matvec
 
 #: :meth:`KSDField.defaults_for` (and the class default, for bandwidth 1): the step is this
 #: times ``bandwidth**4`` (``KSD^2`` scales like a squared score, ``1 / length^2``, its
@@ -44,7 +44,7 @@ class KSDField:
     al.'s particle gradient, rescaled by the number of particles so that a step does not
     depend on it. One kernel-gradient sum of :func:`mmdflow.kernels.stein_kernel` (on the
     augmented points ``[x, grad log p(x)]``, then one vector-Jacobian product of the
-    score), at the particles in the same pass as ``KSD^2``; zero-weight particles drop out. The target is the density
+    score); zero-weight particles drop out. The target is the density
     (``target = "density"``): ``y`` is ignored.
 
     Attributes:
@@ -103,11 +103,9 @@ class KSDField:
         """
         check_logp(self.logp, x, "KSDField")
         kp, sums = stein_kernel(self.kernel, self.logp, x.shape[1]), self.sums
-        # at the particles: the value (for KSD^2) and the gradient sum from one pass over the
-        # pairs, the particles' scores computed once
-        h, g = kernel_value_and_grad_matvec(kp, x, x, wx, sums=sums)  # h_i = sum_j w_j k_p
+        h = kernel_matvec(kp, x, x, wx, sums=sums)  # [n]: sum_j w_j k_p(x_i, x_j)
 
         def fn(q):
             return -2.0 * kernel_grad_matvec(kp, q, x, wx, sums=sums)
 
-        return Velocity(-2.0 * g, fn), extra, {"critic": jnp.dot(wx, h)}
+        return Velocity(None, fn), extra, {"critic": jnp.dot(wx, h)}

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 from mmdflow.kernels._bandwidth import median_bandwidth
 from mmdflow.kernels._base import DIRECT_MAX_D as DIRECT_MAX_D
-from mmdflow.kernels._base import HESS_DIRECT_MAX_D as HESS_DIRECT_MAX_D
 from mmdflow.kernels._base import HIGHEST as HIGHEST
 from mmdflow.kernels._base import (
     DotProductKernel,

@@ -26,8 +26,9 @@ AUTO_PALLAS_ON_GPU = False
 CPU_TILE_PAIRS = 2**21
 CPU_TILE_COLS = 16384
 #: the blocked path on CPU with the GEMM distance form (``d > DIRECT_MAX_D``) and the default
-#: ``block_size``: tiles of ``CPU_GEMM_TILE_ROWS x DEFAULT_BLOCK_SIZE`` (benchmarks/RESULTS.md:
-#: as fast as 1024 x 1024 or faster for every sum at n = 4k and 16k, d = 16 and 64)
+#: ``block_size``: tiles of ``CPU_GEMM_TILE_ROWS x DEFAULT_BLOCK_SIZE``. Against 1024 x 1024 on 2
+#: cores (``benchmarks/tile_probe.py``, RESULTS.md): 1.1-1.4x faster for 6 of the 8 sums at d = 16
+#: (n = 4k, 16k), level at d = 64 (0.96-1.05x, but the 4k matvec 1.18x slower in the quiet run)
 CPU_GEMM_TILE_ROWS = 512
 #: on CPU the loop over column blocks is unrolled up to this many blocks (any ``block_size``):
 #: XLA:CPU runs a rolled loop of tiles nested in the loop over row blocks 3-5x slower
