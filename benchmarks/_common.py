@@ -142,6 +142,11 @@ def sample_points(n: int, d: int, seed: int):
     return x, y, rng
 
 
+def hess_rhs(y, w):
+    """The ``e [m, d]`` of the benchmarked Hessian sums: ``w_j y_j``."""
+    return w[:, None] * y
+
+
 def timings(call: Callable[[], object], repeats: int) -> list[float]:
     """Wall times (s) of ``repeats`` calls of ``call()``, each to ``jax.block_until_ready``."""
     times = []

@@ -299,11 +299,6 @@ BASELINES = {
 }
 
 
-def hess_rhs(y, w):
-    """The ``e [m, d]`` of the ``hess_matvec`` op: ``w_j y_j``."""
-    return w[:, None] * y
-
-
 # ---------------------------------------------------------------- the benchmarked functions
 def build_fn(impl: str, op: str, block_size, chunk: int):
     """Returns ``f(k, x, y, w)`` to jit (``k`` is a kernel pytree)."""
@@ -314,7 +309,7 @@ def build_fn(impl: str, op: str, block_size, chunk: int):
         if op == "grad_matvec":
             return lambda k, x, y, w: gmv(k.bandwidth, x, y, w, chunk)
         if op == "hess_matvec":
-            return lambda k, x, y, w: hmv(k.bandwidth, x, y, hess_rhs(y, w), chunk)
+            return lambda k, x, y, w: hmv(k.bandwidth, x, y, common.hess_rhs(y, w), chunk)
         mmd = lambda k, x, y: baseline_mmd2(mv, k.bandwidth, x, y, chunk)
         if op == "mmd2":
             return lambda k, x, y, w: mmd(k, x, y)
@@ -332,7 +327,7 @@ def build_fn(impl: str, op: str, block_size, chunk: int):
     if op == "grad_matvec":
         return lambda k, x, y, w: ops.kernel_grad_matvec(k, x, y, w, **kw)
     if op == "hess_matvec":
-        return lambda k, x, y, w: ops.kernel_hessian_matvec(k, x, y, hess_rhs(y, w), **kw)
+        return lambda k, x, y, w: ops.kernel_hessian_matvec(k, x, y, common.hess_rhs(y, w), **kw)
     if op == "mmd2":
         return lambda k, x, y, w: mmdflow.mmd2(x, y, k, **kw)
     if op == "kernel_grad_of_mmd2":

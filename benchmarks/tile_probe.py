@@ -35,7 +35,9 @@ _SUMS = {
     "matvec": ops.kernel_matvec,
     "grad": ops.kernel_grad_matvec,
     "vg": ops.kernel_value_and_grad_matvec,
-    "hess": lambda k, x, y, w, sums: ops.kernel_hessian_matvec(k, x, y, w[:, None] * y, sums=sums),
+    "hess": lambda k, x, y, w, sums: ops.kernel_hessian_matvec(
+        k, x, y, common.hess_rhs(y, w), sums=sums
+    ),
 }
 
 

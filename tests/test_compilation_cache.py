@@ -7,7 +7,6 @@ from jax.experimental.compilation_cache import compilation_cache
 
 import mmdflow
 from mmdflow._compile_cache import ENV_COMPILATION_CACHE
-from mmdflow.cli._common import _enable_compilation_cache
 
 
 @pytest.fixture
@@ -24,24 +23,24 @@ def no_cache():
 
 def test_cache_directory_default_and_opt_out(no_cache, monkeypatch, tmp_path):
     monkeypatch.setenv(ENV_COMPILATION_CACHE, "off")
-    assert _enable_compilation_cache() is None
+    assert mmdflow.enable_compilation_cache() is None
     assert jax.config.jax_compilation_cache_dir is None
     monkeypatch.delenv(ENV_COMPILATION_CACHE)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     want = str(tmp_path / "xdg" / "mmdflow" / "jax")
-    assert _enable_compilation_cache() == want
+    assert mmdflow.enable_compilation_cache() == want
     assert jax.config.jax_compilation_cache_dir == want
     # every program is cached, not only those compiling for a second or more
     assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
     # a configured cache is left alone
     monkeypatch.setenv(ENV_COMPILATION_CACHE, str(tmp_path / "mine"))
-    assert _enable_compilation_cache() is None
+    assert mmdflow.enable_compilation_cache() is None
     assert jax.config.jax_compilation_cache_dir == want
 
 
 def test_cache_directory_from_the_environment(no_cache, monkeypatch, tmp_path):
     monkeypatch.setenv(ENV_COMPILATION_CACHE, str(tmp_path / "mine"))
-    assert _enable_compilation_cache() == str(tmp_path / "mine")
+    assert mmdflow.enable_compilation_cache() == str(tmp_path / "mine")
 
 
 def test_public_function_takes_a_path_and_caches_every_program(no_cache, monkeypatch, tmp_path):

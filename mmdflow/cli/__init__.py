@@ -41,13 +41,13 @@ import contextlib
 import os
 import sys
 
+from mmdflow._compile_cache import enable_compilation_cache
 from mmdflow.cli._common import (
     _ENV_DEBUG,
     _SIGNALS,
     MIXTURE_FACTORS,
     CLIError,
     ProgressBar,
-    _enable_compilation_cache,
     _error,
 )
 from mmdflow.cli._inputs import resolve_num_features
@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     # closes over large arrays (the flow drivers close over the target samples): pure
     # noise for a command-line user. Set TF_CPP_MIN_LOG_LEVEL yourself to see it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    _enable_compilation_cache()
+    # the persistent compilation cache: $MMDFLOW_COMPILATION_CACHE (a directory, or "off"),
+    # else ~/.cache/mmdflow/jax
+    enable_compilation_cache()
     parser = build_parser()
     restore = _SIGNALS.install()
     try:

@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from mmdflow._compile_cache import enable_compilation_cache
-
 #: ``--kernel mixture``: bandwidths are these multiples of the base (median) bandwidth.
 MIXTURE_FACTORS = (0.125, 0.25, 0.5, 1.0)
 
@@ -23,12 +21,6 @@ MIXTURE_FACTORS = (0.125, 0.25, 0.5, 1.0)
 #: when the palettes differ a lot) and still matches the target colors closely.
 COLOR_REG = 0.1
 _ENV_DEBUG = "MMDFLOW_DEBUG"
-
-
-def _enable_compilation_cache() -> str | None:
-    """The command's persistent compilation cache (:func:`mmdflow.enable_compilation_cache`):
-    ``$MMDFLOW_COMPILATION_CACHE`` (a directory, or "off"), else ``~/.cache/mmdflow/jax``."""
-    return enable_compilation_cache()
 
 
 class CLIError(Exception):
