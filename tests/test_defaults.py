@@ -54,12 +54,17 @@ def test_max_move_caps_each_particle_and_keeps_direction():
     (a, aux_a), (b, aux_b) = jax.jit(free.step)(s0, y), jax.jit(capped.step)(s0, y)
     da, db = np.asarray(a.x - s0.x), np.asarray(b.x - s0.x)
     na, nb = np.linalg.norm(da, axis=1), np.linalg.norm(db, axis=1)
-    assert na.max() > 0.05 and nb.max() <= 0.05 * (1 + 1e-5)
+    # float32: the displacement is the witness gradient of an ill-conditioned solve (reg 1e-3),
+    # recomputed by XLA in the fusions of the cap's scale, of the update and of the kinetic
+    # energy, whose roundings differ by up to ~1e-4 of a move (7e-5 with XLA's legacy CPU
+    # emitters); an uncapped move is 29x the cap
+    tol = 2e-4
+    assert na.max() > 0.05 and nb.max() <= 0.05 * (1 + tol)
     short = na <= 0.05
     np.testing.assert_allclose(db[short], da[short], rtol=1e-6)  # short moves untouched
     cos = (da * db).sum(1) / (na * nb)
     np.testing.assert_allclose(cos[~short], 1.0, rtol=1e-5)  # long ones shortened only
-    np.testing.assert_allclose(float(aux_b["kinetic"]), (nb**2).mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(aux_b["kinetic"]), (nb**2).mean(), rtol=tol)
     assert float(aux_b["kinetic"]) < float(aux_a["kinetic"])
 
 

@@ -97,13 +97,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from mmdflow._checks import check_block_size, check_sum_inputs
 from mmdflow.fused._launch import GEMM_CHUNK, GEMM_MIN_D, MIN_BLOCK, _Config
 from mmdflow.fused._spec import _canonical, _spec_and_params, _unsupported_reason
 from mmdflow.fused._vjp import _gradmv, _matvec
-from mmdflow.kernels import DIRECT_MAX_D, Kernel
+from mmdflow.kernels import DIRECT_MAX_D, Kernel, centred
 
 __all__ = [
     "kernel_matvec",
@@ -177,8 +176,7 @@ def _prepare(k, x, y, w):
     cd = _compute_dtype(dtype)
     x, y, w = x.astype(cd), y.astype(cd), w.astype(cd)
     if x.shape[1] > DIRECT_MAX_D:  # GEMM distance form: centre first (translation invariance)
-        c = lax.stop_gradient(jnp.mean(y, axis=0, keepdims=True))
-        x, y = x - c, y - c
+        x, y = centred(x, y)
     spec, params = _spec_and_params(_canonical(k), cd)
     vec = w.ndim == 1
     return spec, params, x, y, (w[:, None] if vec else w), vec, dtype

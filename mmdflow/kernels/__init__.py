@@ -47,6 +47,7 @@ from mmdflow.kernels._base import (
 )
 from mmdflow.kernels._base import _pytree as _pytree
 from mmdflow.kernels._base import _safe_sqrt as _safe_sqrt
+from mmdflow.kernels._base import centred as centred
 from mmdflow.kernels._combine import Scaled, Sum
 from mmdflow.kernels._combine import _Squared as _Squared
 from mmdflow.kernels._dotproduct import Linear, Polynomial

@@ -9,7 +9,14 @@ import jax
 import jax.numpy as jnp
 
 from mmdflow.densities import score
-from mmdflow.kernels._base import DIRECT_MAX_D, HIGHEST, Kernel, RadialKernel, _pytree
+from mmdflow.kernels._base import (
+    DIRECT_MAX_D,
+    HIGHEST,
+    Kernel,
+    RadialKernel,
+    _pytree,
+    centred,
+)
 from mmdflow.kernels._feature import FeatureKernel
 
 
@@ -92,8 +99,7 @@ class Stein(Kernel):
                 s = da * da if s is None else s + da * da
                 ryx = t if ryx is None else ryx + t
         else:
-            c = jax.lax.stop_gradient(jnp.mean(y, axis=0, keepdims=True))
-            x, y = x - c, y - c
+            x, y = centred(x, y)
             xx, yy = jnp.sum(x * x, axis=1), jnp.sum(y * y, axis=1)
             s = xx[:, None] + yy[None, :] - 2.0 * jnp.matmul(x, y.T, precision=HIGHEST)
             s = jnp.maximum(s, 0.0)

@@ -10,7 +10,7 @@ from jax import lax
 
 from mmdflow import fused
 from mmdflow._checks import check_block_size, check_points, check_sum_inputs
-from mmdflow.kernels import DIRECT_MAX_D, HIGHEST, FeatureKernel, Kernel
+from mmdflow.kernels import DIRECT_MAX_D, HIGHEST, FeatureKernel, Kernel, centred
 
 IMPLS = ("auto", "dense", "blocked", "pallas")
 AUTO_DENSE_MAX_PAIRS = 0  # "auto" uses dense only up to this many pairs
@@ -193,8 +193,7 @@ def _column_loop(tile, dtype, y, w, bx, by, tail):
 
 def _centre(k, x, y):
     if k.translation_invariant and x.shape[1] > DIRECT_MAX_D:
-        c = lax.stop_gradient(jnp.mean(y, axis=0, keepdims=True))
-        return x - c, y - c
+        return centred(x, y)
     return x, y
 
 
