@@ -393,8 +393,9 @@ class RadialKernel(Kernel):
 
         With ``closed_form_grad`` (smooth kernels), or above ``DIRECT_MAX_D`` dimensions: one
         GEMM of ``G`` against the stacked right-hand sides ``[w, w y]`` (``k (d + 1)``
-        columns) on points centred at the tile's ``y`` mean (the centre carries no gradient),
-        so the two terms' cancellation costs ``eps`` times the data's spread, not its offset.
+        columns) on points centred at the tile's first ``y`` point (:func:`centred`, no
+        gradient), so the two terms' cancellation costs ``eps`` times the data's spread, not
+        its offset.
         A coincident pair (``s == 0``) contributes ``phi'(0) (x_i - y_j) = 0``, but its two
         terms would leave a rounding residue of ``eps |phi'(0)| |x_i|``; its ``G`` is set to 0
         in the value only (:func:`_radial_grad_sum`: derivatives are those of the unmasked
@@ -436,9 +437,9 @@ class RadialKernel(Kernel):
         At coincident points ``r = 0`` the result is ``-2 phi'(0) e_j``: zero for kernels
         with a cusp there (``Laplace``, ``Energy``), as the autodiff form gives (their true
         cross-Hessian grows like ``1 / |r|`` as ``r -> 0``). The ``r (r . e)`` term is three
-        GEMMs at ``HIGHEST`` precision on points centred at the tile's ``y`` mean (at d = 2 and
-        3, 1.6-1.8x faster on 2 CPU cores than the per-coordinate differences used there
-        before), where a coincident pair's ``phi''(s) (r . e)`` is set to 0 (it is 0; the GEMMs
+        GEMMs at ``HIGHEST`` precision on points centred at the tile's first ``y`` point
+        (:func:`centred`; at d = 2 and 3, 1.6-1.8x faster on 2 CPU cores than the
+        per-coordinate differences used there before), where a coincident pair's ``phi''(s) (r . e)`` is set to 0 (it is 0; the GEMMs
         would leave a rounding residue). First derivatives keep every pair's terms (at
         ``r = 0`` the masked term's vanishes); second derivatives there drop the pair's
         ``-8 phi''(0) (dr . e) dr`` (and, above ``DIRECT_MAX_D``, through the clamp of

@@ -88,7 +88,8 @@ class Stein(Kernel):
 
     def _radial_block(self, z1, z2, direct: bool):
         """The radial closed form on a tile: direct per-coordinate differences (``[n, m]``
-        each, no ``[n, m, d]``) or GEMM forms on points centred at the tile's ``y`` mean."""
+        each, no ``[n, m, d]``) or GEMM forms on points centred at the tile's first ``y``
+        point (:func:`centred`)."""
         (x, sx), (y, sy) = self._split(z1), self._split(z2)
         d, k = self.d, self.kernel
         if direct:
