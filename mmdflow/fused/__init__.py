@@ -30,13 +30,13 @@ rebuilt inside the body with ``jax.tree.unflatten``. ``Sum``, ``Scaled``, dot-pr
 and other kernels raise ``ValueError`` (``ops`` with ``impl="auto"`` uses the blocked path).
 
 Precision: fp32 and fp64 are computed in their own dtype; bf16/fp16 inputs are computed (and
-accumulated) in fp32 and cast back. Up to ``DIRECT_MAX_D`` dimensions squared distances are
-sums of squared coordinate differences (exact, no cancellation); above it the points are
-centred (on the first point of ``y``: :func:`mmdflow.kernels.centred`), their coordinates
-zero-padded (to a power of two ``>= 16``, or to a multiple of ``GEMM_CHUNK`` above it:
-Triton tiles are powers of two, zero coordinates do not change distances) and the GEMM form ``|x|^2 + |y|^2 - 2 x.y`` is evaluated with
-``precision=HIGHEST`` (IEEE fp32 in Triton, never TF32), ``x.y`` in a loop over coordinate
-chunks of ``GEMM_CHUNK``, so that no ``[d, block]`` tile is held in registers at large ``d``.
+accumulated) in fp32 and cast back. Up to ``DIRECT_MAX_D`` dimensions squared distances are sums of
+squared coordinate differences (exact, no cancellation); above it the points are centred (on the
+first point of ``y``: :func:`mmdflow.kernels.centred`), their coordinates zero-padded (to a power of
+two ``>= 16``, or to a multiple of ``GEMM_CHUNK`` above it: Triton tiles are powers of two, zero
+coordinates do not change distances) and the GEMM form ``|x|^2 + |y|^2 - 2 x.y`` is evaluated with
+``precision=HIGHEST`` (IEEE fp32 in Triton, never TF32), ``x.y`` in a loop over coordinate chunks of
+``GEMM_CHUNK``, so that no ``[d, block]`` tile is held in registers at large ``d``.
 Per-coordinate sums (the gradient sums and their backward passes) give each program one
 coordinate chunk of its rows (a second grid axis), so above ``GEMM_CHUNK`` dimensions the
 distances are recomputed once per chunk (``ceil(d / GEMM_CHUNK)`` times): the price of never

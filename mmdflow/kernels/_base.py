@@ -434,16 +434,15 @@ class RadialKernel(Kernel):
     def hess_block(self, x, y, e):
         """``sum_j [-2 phi'(s_ij) e_j - 4 phi''(s_ij) r_ij (r_ij . e_j)]`` with ``r_ij = x_i - y_j``.
 
-        At coincident points ``r = 0`` the result is ``-2 phi'(0) e_j``: zero for kernels
-        with a cusp there (``Laplace``, ``Energy``), as the autodiff form gives (their true
-        cross-Hessian grows like ``1 / |r|`` as ``r -> 0``). The ``r (r . e)`` term is three
-        GEMMs at ``HIGHEST`` precision on points centred at the tile's first ``y`` point
-        (:func:`centred`; at d = 2 and 3, 1.6-1.8x faster on 2 CPU cores than the
-        per-coordinate differences used there before), where a coincident pair's ``phi''(s) (r . e)`` is set to 0 (it is 0; the GEMMs
-        would leave a rounding residue). First derivatives keep every pair's terms (at
-        ``r = 0`` the masked term's vanishes); second derivatives there drop the pair's
-        ``-8 phi''(0) (dr . e) dr`` (and, above ``DIRECT_MAX_D``, through the clamp of
-        :func:`sqdist`, ``-4 phi''(0) |dr|^2 e``).
+        At coincident points ``r = 0`` the result is ``-2 phi'(0) e_j``: zero for kernels with a
+        cusp there (``Laplace``, ``Energy``), as the autodiff form gives (their true cross-Hessian
+        grows like ``1 / |r|`` as ``r -> 0``). The ``r (r . e)`` term is three GEMMs at ``HIGHEST``
+        precision on points centred at the tile's first ``y`` point (:func:`centred`; at d = 2 and
+        3, 1.6-1.8x faster on 2 CPU cores than the per-coordinate differences used there before),
+        where a coincident pair's ``phi''(s) (r . e)`` is set to 0 (it is 0; the GEMMs would leave a
+        rounding residue). First derivatives keep every pair's terms (at ``r = 0`` the masked term's
+        vanishes); second derivatives there drop the pair's ``-8 phi''(0) (dr . e) dr`` (and, above
+        ``DIRECT_MAX_D``, through the clamp of :func:`sqdist`, ``-4 phi''(0) |dr|^2 e``).
         """
         # GEMM form on centred points (k is translation invariant; the centre carries no
         # gradient): sum_j q_ij (x_i - y_j) = x_i sum_j q_ij - sum_j q_ij y_j, the row sum and
