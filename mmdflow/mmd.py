@@ -185,7 +185,8 @@ def _kernel_tangent_jvp(x, y, a, b, k, dk, zero, sums):
         return along(given)
     basis = jnp.eye(params.size, dtype=params.dtype)
     out, coef = jax.vmap(lambda v: along(unravel(v)), out_axes=(None, 0))(basis)
-    return out, tuple(jnp.dot(c, ravel_pytree(given)[0]) for c in coef)
+    dparams = ravel_pytree(given)[0]
+    return out, tuple(jnp.dot(c, dparams) for c in coef)
 
 
 def _mean_embedding_products_jvp(sums, primals, tangents):

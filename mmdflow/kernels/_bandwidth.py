@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmdflow._checks import check_int, check_points, is_concrete
-from mmdflow.kernels._base import DIRECT_MAX_D, _safe_sqrt, sqdist
+from mmdflow.kernels._base import DIRECT_MAX_D, _safe_sqrt, centred, sqdist
 
 
 def _median_numpy(x, y, max_points):
@@ -81,7 +81,7 @@ def median_bandwidth(x: jax.Array, y: jax.Array | None = None, *, max_points: in
         idx = jnp.round(jnp.linspace(0, n - 1, max_points)).astype(jnp.int32)
         x = x[idx]
         n = max_points
-    x = x - jnp.mean(x, axis=0, keepdims=True)
+    x, _ = centred(x, x)  # one centre for both operands of the GEMM form (d > DIRECT_MAX_D)
     s = sqdist(x, x)
     iu = jnp.triu_indices(n, k=1)
     return jnp.median(_safe_sqrt(s[iu]))
