@@ -14,9 +14,11 @@ them): the tests run small inputs, where compilation dominates. Measured on 2 co
 tests/test_kernels.py and tests/test_mmd.py took 291 s of CPU time with the default flags and
 223 s without the expensive optimisations; the legacy emitters then cut the backend compile
 time of a test_ops.py sample from 61 s to 24 s, and the whole suite from 1,115 s to about
-700 s. Speed is measured by ``benchmarks/``, with the default flags. (The legacy emitters
-round a few float32 sums differently; two tests that compared such sums computed twice
-showed where the library depended on one codegen: :func:`mmdflow.kernels.centred`.) To run
+700 s. Speed is measured by ``benchmarks/``, with the default flags. (XLA recomputes cheap
+values inside each fusion that uses them, and the legacy emitters round some of those copies
+differently: two float32 accuracy tests showed that the library's centring on a recomputed
+mean depended on one codegen, now :func:`mmdflow.kernels.centred`; the third failure is
+explained in test_defaults.py's ``max_move`` test.) To run
 the suite under XLA's default CPU codegen, name the flags: ``XLA_FLAGS=
 "--xla_cpu_use_fusion_emitters=true --xla_backend_optimization_level=3" pytest``.
 """
