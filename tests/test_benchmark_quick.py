@@ -20,7 +20,14 @@ def test_kernel_sums_quick_writes_json(tmp_path, monkeypatch):
     # pytest process holding many objects, and the smoke test does not time anything
     monkeypatch.setattr(bench, "gc", types.SimpleNamespace(collect=lambda: 0))
     out = tmp_path / "b.json"
-    bench.main(["--quick", "--n", "64", "--d", "2", "--repeats", "1", "--out", str(out)])
+    # three of the six ops (CI time: each op is a compile per implementation): a value sum,
+    # the Hessian sum (which ott-jax lacks: a skipped record) and the bandwidth gradient of
+    # MMD^2 (autodiff through every implementation); the baselines' sums are checked against
+    # NumPy below
+    ops = ["matvec", "hess_matvec", "kernel_grad_of_mmd2"]
+    bench.main(
+        ["--quick", "--n", "64", "--d", "2", "--repeats", "1", "--ops", *ops, "--out", str(out)]
+    )
 
     assert out.exists()
     result = json.loads(out.read_text())
@@ -28,6 +35,7 @@ def test_kernel_sums_quick_writes_json(tmp_path, monkeypatch):
     records = result["records"]
     ran = [r for r in records if r["status"] == "ok"]
     assert {"dense", "blocked"} <= {r["impl"] for r in ran}
+    assert {r["op"] for r in records} == set(ops)
     assert ran
     assert all(r["run_s"] > 0 for r in ran)
     assert all(r["compile_s"] > 0 for r in ran)

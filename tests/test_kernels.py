@@ -356,31 +356,32 @@ def test_invalid_traced_hyperparameters_give_nan(name, make, bad, rng):
     impls = ["dense", "blocked"]
     if isinstance(make(good), kernels.RadialKernel):
         impls.append("pallas")
-    for impl in impls:
-        fns = {
-            "matvec": lambda p, impl=impl: ops.kernel_matvec(
-                make(p), x, y, w, sums=ops.SumConfig(impl)
-            ),
-            "grad": lambda p, impl=impl: ops.kernel_grad_matvec(
-                make(p), x, y, w, sums=ops.SumConfig(impl)
-            ),
-            "mmd2": lambda p, impl=impl: mmdflow.mmd2(x, y, make(p), sums=ops.SumConfig(impl)),
+
+    def sums(p, impl):
+        cfg = ops.SumConfig(impl)
+        out = {
+            "matvec": ops.kernel_matvec(make(p), x, y, w, sums=cfg),
+            "grad": ops.kernel_grad_matvec(make(p), x, y, w, sums=cfg),
+            "mmd2": mmdflow.mmd2(x, y, make(p), sums=cfg),
         }
         if impl != "pallas":
-            fns["hess"] = lambda p, impl=impl: ops.kernel_hessian_matvec(
-                make(p), x, y, e, sums=ops.SumConfig(impl)
+            out["hess"] = ops.kernel_hessian_matvec(make(p), x, y, e, sums=cfg)
+            out["gram"] = make(p).gram_block(jnp.asarray(x), jnp.asarray(y))
+        return out
+
+    # every impl's ops in one jitted program (one compilation, CI time) with the traced
+    # hyperparameter p, and the concrete kernel (make(good) with a Python float: not traced)
+    # on the dense reference
+    traced = jax.jit(lambda p: {impl: sums(p, impl) for impl in impls})
+    concrete = jax.jit(lambda: sums(good, "dense"))()
+    outs, goods = traced(bad), traced(good)
+    for impl in impls:
+        for fname, out in outs[impl].items():
+            assert np.all(np.isnan(np.asarray(out))), (impl, fname, np.ravel(out)[:3])
+            # a valid traced value gives the result of the concrete kernel
+            np.testing.assert_allclose(
+                goods[impl][fname], concrete[fname], rtol=1e-12, atol=1e-14, err_msg=impl
             )
-            fns["gram"] = lambda p: make(p).gram_block(jnp.asarray(x), jnp.asarray(y))
-        # all ops of one impl in one jitted program (one compilation, CI time): traced
-        # hyperparameter p, and the concrete kernel (make(good) with a Python float: not traced)
-        traced = jax.jit(lambda p, fns=fns: {fname: f(p) for fname, f in fns.items()})
-        concrete = jax.jit(lambda fns=fns: {fname: f(good) for fname, f in fns.items()})()
-        outs, goods = traced(bad), traced(good)
-        for fname in fns:
-            out = np.asarray(outs[fname])
-            assert np.all(np.isnan(out)), (impl, fname, out.ravel()[:3])
-            # a valid traced value gives the same result as the concrete kernel
-            np.testing.assert_allclose(goods[fname], concrete[fname], rtol=1e-12, atol=1e-14)
     if name in ("gaussian", "laplace", "rq_bw", "scaled"):
         # gradients in a valid traced hyperparameter stay finite (the guard is where(ok, p, nan))
         gfn = jax.grad(lambda p: mmdflow.mmd2(x, y, make(p), sums=ops.SumConfig("blocked")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from mmdflow.cli._color import _cmd_color_transfer
 from mmdflow.cli._common import (
@@ -14,12 +15,22 @@ from mmdflow.cli._common import (
     _Parser,
     _positive_float,
 )
-from mmdflow.cli._flow import _cmd_flow
+from mmdflow.cli._flow import _cmd_flow, _density_methods
 from mmdflow.cli._rundir import add_resume_options
 from mmdflow.cli._train import add_parser as add_train_parser
 from mmdflow.densities import DENSITIES
 from mmdflow.fields._sobolev import DEFAULT_NUM_FEATURES, EXACT_MAX_SIZE, REG, STEP_SIZE
-from mmdflow.flows import FLOWS, targets
+from mmdflow.flows import FLOWS
+
+
+class _Deferred:
+    """Help text computed when argparse formats it (``%(name)s`` of an action attribute)."""
+
+    def __init__(self, text: Callable[[], str]):
+        self._text = text
+
+    def __str__(self) -> str:
+        return self._text()
 
 
 def _add_common(
@@ -93,18 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="target samples of a sample flow (default 8gaussians; not with --density)",
     )
-    f.add_argument(
+    density = f.add_argument(
         "--density",
         default=None,
         metavar="NAME",
-        help="target log-density of a density flow (--method "
-        f"{'|'.join(m for m in FLOWS if 'density' in targets(m))}; "
+        help="target log-density of a density flow (--method %(density_flows)s; "
         "required by those that take no samples): a built-in "
         f"({', '.join(sorted(DENSITIES))}; with exact samples, the reference of the final "
         "MMD^2) or MODULE:FUNCTION, a JAX-traceable log p of a [d] point (up to a constant); "
         "default bandwidth: Liu & Wang's median rule, median distance / sqrt(2 log(n + 1)) of "
         "the exact samples (else of the source)",
     )
+    # formatted when the help is shown: reading each flow's targets imports its module, and
+    # the neural one imports Flax (about 1.5 s of every command otherwise)
+    density.density_flows = _Deferred(lambda: "|".join(_density_methods()))
     f.add_argument(
         "--dim",
         type=_int_at_least(1),
