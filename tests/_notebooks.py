@@ -18,9 +18,6 @@ def notebook_code(path: Path) -> str:
     return "\n".join(lines)
 
 
-#: the XLA CPU optimisation level of :func:`run_small`'s subprocess
-OPT_LEVEL = "--xla_backend_optimization_level=2"
-
 #: what :func:`run_small` runs in its subprocess (``argv``: the notebook, the expression)
 _RUNNER = r"""
 import json, sys
@@ -41,23 +38,16 @@ def run_small(path: Path, expr: str, timeout: float = 900) -> object:
     subprocess and returns ``expr`` evaluated in its namespace (JSON: NaN allowed).
 
     For notebooks whose run time is spent running, not compiling, programs (training
-    loops, convolutions): the subprocess compiles at XLA's CPU optimisation level 2, not the
-    test processes' ``--xla_backend_optimization_level=0`` (``conftest.py``), whose
-    unoptimised code ran the notebook's steps up to 30x slower (the 04 notebook's digits
-    ConvGenerator: 0.37 s per kernelized step instead of 0.02 s). Measured for the 04
-    notebook with the suite's other flags (2 cores, quiet): 31 s at level 0, 26 s at 1,
-    21 s at 2, 28 s at 3 (the default; backend compilation 11 s at 2, 18 s at 3). Float64 and
-    strict rank promotion are on, as in the test processes.
+    loops, convolutions): the subprocess compiles at XLA's CPU optimisation level 2
+    (:func:`_cli.run_bound_env`), not the test processes' 0, which ran the 04 notebook's
+    digits ConvGenerator at 0.37 s per kernelized step instead of 0.02 s.
     """
-    import os
     import subprocess
     import sys
 
-    env = dict(os.environ, MMDFLOW_NOTEBOOK_SMALL="1", MPLBACKEND="Agg")
-    flags = env.get("XLA_FLAGS", "").split()
-    env["XLA_FLAGS"] = " ".join(
-        [*(f for f in flags if not f.startswith("--xla_backend_optimization_level")), OPT_LEVEL]
-    )
+    from _cli import run_bound_env
+
+    env = run_bound_env(MMDFLOW_NOTEBOOK_SMALL="1", MPLBACKEND="Agg")
     proc = subprocess.run(
         [sys.executable, "-c", _RUNNER, str(path), expr],
         input=notebook_code(path),
