@@ -11,8 +11,8 @@ the one-device implementation:
 * ``"blocked"``: tiles of ``block_size`` rows of ``x`` times ``block_size`` rows of ``y``
   (an int, or ``(rows, cols)``; ``None`` picks the tiles by backend and distance form,
   :func:`default_tiles`: on CPU for ``d <= DIRECT_MAX_D`` tiles of about ``CPU_TILE_PAIRS``
-  pairs, at most ``CPU_UNROLL_COL_BLOCKS`` column blocks, for larger ``d`` ``512 x 1024``; on
-  GPUs ``1024 x 1024``); a
+  pairs, at most ``CPU_UNROLL_COL_BLOCKS`` column blocks, for larger ``d`` ``512 x 1024``, and
+  narrower tiles for the Hessian sum; on GPUs ``1024 x 1024``); a
   ``lax.map`` over row blocks, a ``lax.scan`` over column blocks (none when there is one;
   unrolled on CPU up to ``CPU_UNROLL_COL_BLOCKS`` blocks), with ``jax.checkpoint`` on both
   levels so that neither the forward pass nor reverse mode ever holds more than one

@@ -30,6 +30,17 @@ CPU_TILE_COLS = 16384
 #: cores (``benchmarks/tile_probe.py``, RESULTS.md): 1.1-1.4x faster for 6 of the 8 sums at d = 16
 #: (n = 4k, 16k), level at d = 64 (0.96-1.05x, but the 4k matvec 1.18x slower in the quiet run)
 CPU_GEMM_TILE_ROWS = 512
+#: the Hessian sum on CPU (``kernel_hessian_matvec``, default ``block_size``), whose tile keeps
+#: four ``[rows, cols]`` arrays (distances, ``x.e``, two profile derivatives): columns as the
+#: other sums' for ``d <= DIRECT_MAX_D``, at most ``CPU_HESS_TILE_COLS`` up to
+#: ``CPU_HESS_NARROW_MAX_D`` (the GEMM tiles above), and rows for ``CPU_HESS_TILE_PAIRS`` pairs,
+#: at least ``CPU_HESS_TILE_ROWS``. Measured on 2 cores (``tile_probe.py --ops hess``,
+#: candidates alternating, quiet; RESULTS.md): at n = 4k, d = 2 / 3 / 16, 1.30x / 1.18x / 1.8x
+#: faster than the other sums' tiles, 16k d = 16 1.13x; at d = 64 the GEMM tiles were faster
+CPU_HESS_TILE_PAIRS = 2**19
+CPU_HESS_TILE_ROWS = 128
+CPU_HESS_TILE_COLS = 4096
+CPU_HESS_NARROW_MAX_D = 16
 #: on CPU the loop over column blocks is unrolled up to this many blocks (any ``block_size``):
 #: XLA:CPU runs a rolled loop of tiles nested in the loop over row blocks 3-5x slower
 #: (benchmarks/RESULTS.md)
@@ -109,8 +120,9 @@ def _dense_grad_matvec(k, x, y, w):
 
 
 # ---------------------------------------------------------------- blocked path
-def default_tiles(d: int, n: int, m: int) -> tuple[int, int]:
-    """The blocked path's tiles for the default ``block_size``: ``n x m`` pairs in ``d`` dims.
+def default_tiles(d: int, n: int, m: int, hessian: bool = False) -> tuple[int, int]:
+    """The blocked path's tiles for the default ``block_size``: ``n x m`` pairs in ``d`` dims
+    (``hessian``: of ``kernel_hessian_matvec``).
 
     On a CPU backend with the direct-difference distance (``d <= DIRECT_MAX_D``): columns
     ``by = min(m, max(CPU_TILE_COLS, ceil(m / CPU_UNROLL_COL_BLOCKS)))`` and rows
@@ -119,23 +131,35 @@ def default_tiles(d: int, n: int, m: int) -> tuple[int, int]:
     ``CPU_TILE_PAIRS`` pairs. Measured on 2 cores (d = 2, n = m = 65,536): 5x faster forward and
     2.3x faster in reverse mode than a rolled loop over 8192-column blocks. On a CPU backend
     with the GEMM distance form, ``CPU_GEMM_TILE_ROWS x DEFAULT_BLOCK_SIZE``; on GPUs
-    ``DEFAULT_BLOCK_SIZE`` squared.
+    ``DEFAULT_BLOCK_SIZE`` squared. The Hessian sum on CPU: the same columns for ``d <=
+    DIRECT_MAX_D``, at most ``CPU_HESS_TILE_COLS`` for ``d <= CPU_HESS_NARROW_MAX_D`` (the GEMM
+    tiles above), and ``max(CPU_HESS_TILE_ROWS, CPU_HESS_TILE_PAIRS // cols)`` rows at most.
 
     Example:
       >>> from mmdflow import ops
-      >>> ops.default_tiles(2, 10**5, 10**5) if jax.default_backend() == "cpu" else (83, 25000)
+      >>> cpu = jax.default_backend() == "cpu"
+      >>> ops.default_tiles(2, 10**5, 10**5) if cpu else (83, 25000)
       (83, 25000)
+      >>> ops.default_tiles(16, 10**5, 10**5, hessian=True) if cpu else (128, 4096)
+      (128, 4096)
     """
     if jax.default_backend() != "cpu":
         return DEFAULT_BLOCK_SIZE, DEFAULT_BLOCK_SIZE
     if d > DIRECT_MAX_D:
-        return CPU_GEMM_TILE_ROWS, DEFAULT_BLOCK_SIZE
+        if not (hessian and d <= CPU_HESS_NARROW_MAX_D):
+            return CPU_GEMM_TILE_ROWS, DEFAULT_BLOCK_SIZE
+        by = min(m, CPU_HESS_TILE_COLS)
+        return min(n, max(CPU_HESS_TILE_ROWS, CPU_HESS_TILE_PAIRS // by)), by
     by = min(m, max(CPU_TILE_COLS, -(-m // CPU_UNROLL_COL_BLOCKS)))
-    return min(n, max(1, CPU_TILE_PAIRS // by)), by
+    bx = min(n, max(1, CPU_TILE_PAIRS // by))
+    if hessian:
+        bx = min(bx, max(CPU_HESS_TILE_ROWS, CPU_HESS_TILE_PAIRS // by))
+    return bx, by
 
 
-def _blocked_reduce(tile, x, y, w, block_size, tail):
-    """``out[i] = sum_over_column_blocks tile(x_block, y_block, w_block)[i]``.
+def _blocked_reduce(tile, x, y, w, block_size, tail, hessian=False):
+    """``out[i] = sum_over_column_blocks tile(x_block, y_block, w_block)[i]`` (default tiles:
+    :func:`default_tiles`, ``hessian`` for the Hessian sum).
 
     ``tile(xb [bx,d], yb [by,d], wb [by,k]) -> [bx, *tail]``. Padded columns carry
     zero weight and replicate a real point (finite kernel values); padded rows
@@ -143,7 +167,10 @@ def _blocked_reduce(tile, x, y, w, block_size, tail):
     """
     n, d = x.shape
     m = w.shape[0]
-    bx, by = default_tiles(d, n, m) if block_size is None else check_block_size(block_size)
+    if block_size is None:
+        bx, by = default_tiles(d, n, m, hessian)
+    else:
+        bx, by = check_block_size(block_size)
     bx, by = min(bx, n), min(by, m)
     nbx, nby = math.ceil(n / bx), math.ceil(m / by)
     if nbx == 1 and nby == 1:
@@ -319,4 +346,4 @@ def kernel_hessian_matvec(
         hess = jax.jacfwd(jax.grad(k, argnums=0), argnums=1)
         h = jax.vmap(lambda xi: jax.vmap(lambda yj: hess(xi, yj))(y))(x)  # [n, m, d, d]
         return jnp.einsum("ijab,jb->ia", h, e, precision=HIGHEST)
-    return _blocked_reduce(k.hess_block, x, y, e, block_size, (x.shape[1],))
+    return _blocked_reduce(k.hess_block, x, y, e, block_size, (x.shape[1],), hessian=True)
