@@ -86,6 +86,7 @@ from mmdflow.ops import (
     check_sum_config,
     kernel_grad_matvec,
     kernel_hessian_matvec,
+    kernel_hessian_operator,
     kernel_matvec,
 )
 
@@ -298,8 +299,12 @@ class SrMMDField:
         g = grad_delta(x)  # grad delta at the particles
         s = jnp.sqrt(alpha * a)[:, None]
 
+        hess = kernel_hessian_operator(
+            k, x, x, sums=sums
+        )  # feature Jacobians once, not per CG step
+
         def matvec(c):
-            return s * kernel_hessian_matvec(k, x, x, s * c, sums=sums) + lam * c
+            return s * hess(s * c) + lam * c
 
         rhs = s * g
         c0 = extra.c.astype(dtype) if warm else None
