@@ -102,6 +102,13 @@ class FeatureKernel(Kernel):
         """``(phi(y), J_phi(y_j) e_j)``: features and tangents ``[m, D]`` of vectors ``e [m, d]``."""
         return jax.jvp(self.features, (y,), (e,))
 
+    def row_jacobians(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(phi(x), J)``: the features ``[n, D]`` and each row's Jacobian ``J [n, D, d]``
+        (``d`` forward passes; the feature map is row-wise), for sums applied many times at the
+        same points (:func:`mmdflow.ops.kernel_hessian_operator`)."""
+        row = lambda xi: self.features(xi[None])[0]
+        return self.features(x), jax.vmap(jax.jacfwd(row))(x)
+
     def __call__(self, x, y):
         return self.base(self.features(x[None])[0], self.features(y[None])[0])
 

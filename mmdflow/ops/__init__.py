@@ -314,12 +314,8 @@ def kernel_hessian_operator(
     if not isinstance(k, FeatureKernel) or sums.mesh is not None:
         return lambda e: kernel_hessian_matvec(k, x, y, e, sums=sums)
 
-    def row_jacobians(p):  # features [n, D] and their Jacobians [n, D, d], row by row
-        row = lambda pi: k.features(pi[None])[0]
-        return k.features(p), jax.vmap(jax.jacfwd(row))(p)
-
-    fx, jx = row_jacobians(x)
-    fy, jy = (fx, jx) if y is x else row_jacobians(y)
+    fx, jx = k.row_jacobians(x)
+    fy, jy = (fx, jx) if y is x else k.row_jacobians(y)
 
     def apply(e):
         t = jnp.einsum("mfd,md->mf", jy, e, precision=HIGHEST)
