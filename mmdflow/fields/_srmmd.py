@@ -299,9 +299,8 @@ class SrMMDField:
         g = grad_delta(x)  # grad delta at the particles
         s = jnp.sqrt(alpha * a)[:, None]
 
-        hess = kernel_hessian_operator(
-            k, x, x, sums=sums
-        )  # feature Jacobians once, not per CG step
+        # a Stein kernel's feature Jacobians (log p derivatives) once, not per CG iteration
+        hess = kernel_hessian_operator(k, x, x, sums=sums)
 
         def matvec(c):
             return s * hess(s * c) + lam * c

@@ -35,7 +35,7 @@ CPU_GEMM_TILE_ROWS = 512
 #: other sums' for ``d <= DIRECT_MAX_D``, at most ``CPU_HESS_TILE_COLS`` up to
 #: ``CPU_HESS_NARROW_MAX_D`` (the GEMM tiles above), and rows for ``CPU_HESS_TILE_PAIRS`` pairs,
 #: at least ``CPU_HESS_TILE_ROWS``. Measured on 2 cores (``tile_probe.py --ops hess``,
-#: candidates alternating, quiet; RESULTS.md): at n = 4k, d = 2 / 3 / 16, 1.30x / 1.18x / 1.8x
+#: candidates alternating, quiet; RESULTS.md): at n = 4k, d = 2 / 3 / 16, 1.30x / 1.18x / 1.95x
 #: faster than the other sums' tiles, 16k d = 16 1.13x; at d = 64 the GEMM tiles were faster
 CPU_HESS_TILE_PAIRS = 2**19
 CPU_HESS_TILE_ROWS = 128
