@@ -311,7 +311,7 @@ class SrMMDField:
         if warm:
             extra = extra._replace(c=c.astype(extra.c.dtype))
         e = s * c
-        at_x = g - kernel_hessian_matvec(k, x, x, e, sums=sums)
+        at_x = g - hess(e)
 
         def fn(z):
             return grad_delta(z) - kernel_hessian_matvec(k, z, x, e, sums=sums)

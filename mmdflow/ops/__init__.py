@@ -319,7 +319,7 @@ def kernel_hessian_operator(
 
     def apply(e):
         t = jnp.einsum("mfd,md->mf", jy, e, precision=HIGHEST)
-        g = kernel_hessian_matvec(k.base, fx, fy, t.astype(fy.dtype), sums=sums)
+        g = kernel_hessian_matvec(k.base, fx, fy, t, sums=sums)
         return jnp.einsum("nfd,nf->nd", jx, g, precision=HIGHEST)
 
     return apply
