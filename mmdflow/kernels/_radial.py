@@ -54,12 +54,10 @@ class Gaussian(RadialKernel):
         c = self._c()
         return c * c * jnp.exp(-s * c)
 
-    def profile_grad_hess(self, s):
-        """``(phi'(s), phi''(s))`` from one ``exp`` per element (the cross-Hessian sum at
-        d = 2 on 2 CPU cores: 1.3x faster than two)."""
+    def profile_ratios(self):
+        """``(phi' / phi, phi'' / phi) = (-c, c^2)``, ``c = 1 / (2 bandwidth^2)``."""
         c = self._c()
-        ex = jnp.exp(-s * c)
-        return -c * ex, (c * c) * ex
+        return -c, c * c
 
 
 @_pytree(data=("bandwidths", "weights"))

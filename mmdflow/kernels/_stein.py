@@ -14,6 +14,7 @@ from mmdflow.kernels._base import (
     HIGHEST,
     Kernel,
     RadialKernel,
+    _by_coordinate,
     _pytree,
     centred,
 )
@@ -93,10 +94,11 @@ class Stein(Kernel):
         (x, sx), (y, sy) = self._split(z1), self._split(z2)
         d, k = self.d, self.kernel
         if direct:
+            yt, syt = _by_coordinate(y), _by_coordinate(sy)
             s = ryx = None
             for a in range(d):
-                da = x[:, a, None] - y[None, :, a]
-                t = da * (sy[None, :, a] - sx[:, a, None])
+                da = x[:, a, None] - yt[None, a, :]
+                t = da * (syt[None, a, :] - sx[:, a, None])
                 s = da * da if s is None else s + da * da
                 ryx = t if ryx is None else ryx + t
         else:
