@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmdflow import flows, kernels, ops
+from mmdflow import densities, flows, kernels, ops
 
 SCHEMA = "mmdflow.bench.flow_steps/1"
 STEPPERS = ("sobolev_rff", "sobolev_exact", "mmd_flow")
@@ -93,7 +93,12 @@ def make_stepper(name: str, args, n: int, d: int):
         return flows.make("mmd", k, step_size=1.0, noise_level=0.1, sums=sums)
     if name in flows.FLOWS:
         bw = float(k.bandwidth)
-        return flows.make(name, **flows.FLOWS[name].defaults_for(k, bw, n, d, jax.random.key(0)))
+        kw = {}
+        if "samples" not in flows.targets(name):  # toward the density of the samples y
+            kw["logp"] = densities.Gaussian(mean=(0.5,) * d, cov=np.eye(d).tolist())
+        return flows.make(
+            name, **flows.FLOWS[name].defaults_for(k, bw, n, d, jax.random.key(0), **kw)
+        )
     raise ValueError(f"unknown stepper {name!r}; choose from {CHOICES}")
 
 

@@ -104,7 +104,7 @@ def test_flow_steps_quick_writes_json(tmp_path):
     bench = load_benchmark("flow_steps")
     out = tmp_path / "f.json"
     args = ["--quick", "--n", "128", "256", "--features", "64", "--cg-iters", "3"]
-    steppers = [*bench.STEPPERS, "mmd"]  # and a flow of the registry by name
+    steppers = [*bench.STEPPERS, "mmd", "svgd"]  # and registry flows by name (svgd: a density)
     result = bench.main([*args, "--repeats", "1", "--steppers", *steppers, "--out", str(out)])
     assert json.loads(out.read_text())["metadata"]["schema"] == bench.SCHEMA
     recs = result["records"]
