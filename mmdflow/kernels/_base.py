@@ -223,6 +223,11 @@ class Kernel:
 
     #: True when k(x + c, y + c) == k(x, y); lets ops centre the data.
     translation_invariant: bool = False
+    #: pairs per tile of this kernel's gradient sums on CPU (default ``block_size``), for
+    #: kernels whose gradient tile keeps many ``[rows, cols]`` arrays (reverse mode through a
+    #: closed form: :class:`Stein`); ``None``: the other sums' tiles
+    #: (:func:`mmdflow.ops.default_tiles`)
+    grad_tile_pairs: int | None = None
 
     def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
         """The kernel value ``k(x, y)`` of two points.

@@ -58,6 +58,12 @@ class Stein(Kernel):
       2.0
     """
 
+    #: its gradient tile is reverse mode through the closed form (about ten ``[rows, cols]``
+    #: arrays): KSD descent's step at n = 4096 / 16,384, d = 2, on 2 Xeon cores, 468 / 7,240 ms
+    #: with the other sums' tiles (512 x 4096 / 128 x 16,384), 216 / 2,872 ms with 2^17 pairs
+    #: (128 x 1024 / 32 x 4096; benchmarks/RESULTS.md, session 10)
+    grad_tile_pairs = 2**17
+
     kernel: Kernel = None
     d: int = 1
 

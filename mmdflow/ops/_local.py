@@ -41,6 +41,10 @@ CPU_HESS_TILE_PAIRS = 2**19
 CPU_HESS_TILE_ROWS = 128
 CPU_HESS_TILE_COLS = 4096
 CPU_HESS_NARROW_MAX_D = 16
+#: tiles with a pair budget (``Kernel.grad_tile_pairs``) on CPU: at least this many columns
+#: (and at most ``CPU_UNROLL_COL_BLOCKS`` column blocks), at least ``CPU_MIN_TILE_ROWS`` rows
+CPU_BUDGET_TILE_COLS = 1024
+CPU_MIN_TILE_ROWS = 8
 #: on CPU the loop over column blocks is unrolled up to this many blocks (any ``block_size``):
 #: XLA:CPU runs a rolled loop of tiles nested in the loop over row blocks 3-5x slower
 #: (benchmarks/RESULTS.md)
@@ -120,9 +124,12 @@ def _dense_grad_matvec(k, x, y, w):
 
 
 # ---------------------------------------------------------------- blocked path
-def default_tiles(d: int, n: int, m: int, hessian: bool = False) -> tuple[int, int]:
+def default_tiles(
+    d: int, n: int, m: int, hessian: bool = False, pairs: int | None = None
+) -> tuple[int, int]:
     """The blocked path's tiles for the default ``block_size``: ``n x m`` pairs in ``d`` dims
-    (``hessian``: of ``kernel_hessian_matvec``).
+    (``hessian``: of ``kernel_hessian_matvec``; ``pairs``: a kernel's
+    ``grad_tile_pairs``).
 
     On a CPU backend with the direct-difference distance (``d <= DIRECT_MAX_D``): columns
     ``by = min(m, max(CPU_TILE_COLS, ceil(m / CPU_UNROLL_COL_BLOCKS)))`` and rows
@@ -134,6 +141,8 @@ def default_tiles(d: int, n: int, m: int, hessian: bool = False) -> tuple[int, i
     ``DEFAULT_BLOCK_SIZE`` squared. The Hessian sum on CPU: the same columns for ``d <=
     DIRECT_MAX_D``, at most ``CPU_HESS_TILE_COLS`` for ``d <= CPU_HESS_NARROW_MAX_D`` (the GEMM
     tiles above), and ``max(CPU_HESS_TILE_ROWS, CPU_HESS_TILE_PAIRS // cols)`` rows at most.
+    With ``pairs`` on CPU (any ``d``): columns ``min(m, max(CPU_BUDGET_TILE_COLS, ceil(m /
+    CPU_UNROLL_COL_BLOCKS)))`` and ``max(CPU_MIN_TILE_ROWS, pairs // cols)`` rows.
 
     Example:
       >>> from mmdflow import ops
@@ -142,9 +151,14 @@ def default_tiles(d: int, n: int, m: int, hessian: bool = False) -> tuple[int, i
       (83, 25000)
       >>> ops.default_tiles(16, 10**5, 10**5, hessian=True) if cpu else (128, 4096)
       (128, 4096)
+      >>> ops.default_tiles(4, 16384, 16384, pairs=2**17) if cpu else (32, 4096)
+      (32, 4096)
     """
     if jax.default_backend() != "cpu":
         return DEFAULT_BLOCK_SIZE, DEFAULT_BLOCK_SIZE
+    if pairs is not None:
+        by = min(m, max(CPU_BUDGET_TILE_COLS, -(-m // CPU_UNROLL_COL_BLOCKS)))
+        return min(n, max(CPU_MIN_TILE_ROWS, pairs // by)), by
     if d > DIRECT_MAX_D:
         if not (hessian and d <= CPU_HESS_NARROW_MAX_D):
             return CPU_GEMM_TILE_ROWS, DEFAULT_BLOCK_SIZE
@@ -157,9 +171,9 @@ def default_tiles(d: int, n: int, m: int, hessian: bool = False) -> tuple[int, i
     return bx, by
 
 
-def _blocked_reduce(tile, x, y, w, block_size, tail, hessian=False):
+def _blocked_reduce(tile, x, y, w, block_size, tail, hessian=False, pairs=None):
     """``out[i] = sum_over_column_blocks tile(x_block, y_block, w_block)[i]`` (default tiles:
-    :func:`default_tiles`, ``hessian`` for the Hessian sum).
+    :func:`default_tiles`, ``hessian`` for the Hessian sum, ``pairs`` a tile budget).
 
     ``tile(xb [bx,d], yb [by,d], wb [by,k]) -> [bx, *tail]``. Padded columns carry
     zero weight and replicate a real point (finite kernel values); padded rows
@@ -168,7 +182,7 @@ def _blocked_reduce(tile, x, y, w, block_size, tail, hessian=False):
     n, d = x.shape
     m = w.shape[0]
     if block_size is None:
-        bx, by = default_tiles(d, n, m, hessian)
+        bx, by = default_tiles(d, n, m, hessian, pairs)
     else:
         bx, by = check_block_size(block_size)
     bx, by = min(bx, n), min(by, m)
@@ -232,13 +246,14 @@ def _blocked_matvec(k, x, y, w, block_size):
 
 def _blocked_grad_matvec(k, x, y, w, block_size):
     x, y = _centre(k, x, y)
-    return _blocked_reduce(k.grad_block, x, y, w, block_size, (w.shape[1], x.shape[1]))
+    tail = (w.shape[1], x.shape[1])
+    return _blocked_reduce(k.grad_block, x, y, w, block_size, tail, pairs=k.grad_tile_pairs)
 
 
 def _blocked_value_grad_matvec(k, x, y, w, block_size):
     x, y = _centre(k, x, y)
     tail = (w.shape[1], 1 + x.shape[1])
-    out = _blocked_reduce(k.value_grad_block, x, y, w, block_size, tail)
+    out = _blocked_reduce(k.value_grad_block, x, y, w, block_size, tail, pairs=k.grad_tile_pairs)
     return out[..., 0], out[..., 1:]
 
 
