@@ -155,6 +155,23 @@ def test_hess_block_default_second_derivatives_for_user_subclasses(d, rng):
     np.testing.assert_allclose(Cauchy().profile_hess(s), 2 * 0.7**2 / (1 + 0.7 * s) ** 3)
 
 
+@pytest.mark.parametrize(
+    "k", [kernels.Gaussian(0.7), kernels.MixtureRBF((0.5, 2.0)), kernels.IMQ(1.0)]
+)
+def test_profile_ratios_are_the_profile_derivatives_over_the_profile(k):
+    """Where a kernel states ``(phi'/phi, phi''/phi)`` (hess_block then forms phi alone),
+    they equal the profile's derivatives by autodiff; the others state None."""
+    s = jnp.linspace(0.0, 4.0, 9)
+    ratios = k.profile_ratios()
+    assert (ratios is None) == (not isinstance(k, kernels.Gaussian))
+    if ratios is None:
+        return
+    d1 = jax.vmap(jax.grad(k.profile))(s)
+    d2 = jax.vmap(jax.grad(jax.grad(k.profile)))(s)
+    np.testing.assert_allclose(ratios[0] * k.profile(s), d1, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(ratios[1] * k.profile(s), d2, rtol=1e-12, atol=1e-15)
+
+
 @pytest.mark.parametrize("k", [kernels.Laplace(1.0), kernels.Energy()])
 def test_hess_block_cusp_kernels_finite_at_coincident_points(k):
     x = jnp.array([[0.3, -0.2], [1.0, 2.0]])

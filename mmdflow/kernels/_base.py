@@ -389,7 +389,7 @@ class RadialKernel(Kernel):
         return jax.jvp(self.profile_grad, (s,), (jnp.ones_like(s),))[1]
 
     def profile_ratios(self) -> tuple[jax.Array, jax.Array] | None:
-        """``(phi'(s) / phi(s), phi''(s) / phi(s))`` where both are constants (the Gaussian's), else ``None``.
+        """``(phi'(s) / phi(s), phi''(s) / phi(s))`` where both are constants, else ``None``.
 
         With them :meth:`hess_block` forms one array per tile, ``phi(s)``, and scales its two
         GEMMs' results, instead of forming ``phi'(s)`` and ``phi''(s)`` (which XLA materializes
