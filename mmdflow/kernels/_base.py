@@ -8,6 +8,7 @@ See :mod:`mmdflow.kernels` for the overview.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import TYPE_CHECKING
 
 import jax
@@ -183,39 +184,49 @@ def _safe_sqrt(s):
     return jnp.where(zero, jnp.zeros_like(s), r)
 
 
-def _radial_grad_terms(k, x, y, w, mask: bool):
+def _radial_grad_terms(k, x, y, w, mask: bool, value: bool):
     """``2 (x_i [G w]_i - [G (w y)]_i)``, ``G = phi'(s)``, from one GEMM against ``[w, w y]``.
 
     ``mask``: ``G = 0`` at coincident pairs (``s == 0``), whose two terms cancel exactly.
+    ``value``: also ``phi(s) w`` from the same distances, stacked first (``[n, k, 1 + d]``);
+    with :meth:`RadialKernel.profile_ratios`, ``G = (phi' / phi) phi(s)``: one kernel array.
     """
     n, d = x.shape
     m, kk = w.shape
     s = sqdist(x, y)
-    g = k.profile_grad(s)  # [n, m]
+    ratios = k.profile_ratios() if value else None
+    phi = k.profile(s) if value else None
+    g = k.profile_grad(s) if ratios is None else ratios[0] * phi  # [n, m]
     if mask:
         g = jnp.where(s == 0, jnp.zeros_like(g), g)
     rhs = jnp.concatenate([w, (w[:, :, None] * y[:, None, :]).reshape(m, kk * d)], axis=1)
     out = jnp.matmul(g, rhs, precision=HIGHEST)  # [n, kk (d + 1)]
     gw, gwy = out[:, :kk], out[:, kk:].reshape(n, kk, d)
-    return 2.0 * (gw[:, :, None] * x[:, None, :] - gwy)
+    grad = 2.0 * (gw[:, :, None] * x[:, None, :] - gwy)
+    if not value:
+        return grad
+    v = jnp.matmul(phi, w, precision=HIGHEST)
+    return jnp.concatenate([v[:, :, None], grad], axis=-1)
 
 
-@jax.custom_jvp
-def _radial_grad_sum(k, x, y, w):
-    """The closed-form gradient sum of a radial kernel ``k`` (:meth:`RadialKernel.grad_block`).
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
+def _radial_grad_sum(k, x, y, w, value=False):
+    """The closed-form gradient sum of a radial kernel ``k`` (:meth:`RadialKernel.grad_block`;
+    ``value``: stacked after the value sum, :meth:`RadialKernel.value_grad_block`).
 
     Value: coincident pairs masked (no rounding residue); derivatives (any order, forward
     and reverse): those of the unmasked form, since the mask would drop the coincident
     pairs' ``phi'(0) (dx_i - dy_j)`` (the mask itself is constant almost everywhere).
     """
-    return _radial_grad_terms(k, x, y, w, mask=True)
+    return _radial_grad_terms(k, x, y, w, mask=True, value=value)
 
 
 @_radial_grad_sum.defjvp
-def _radial_grad_sum_jvp(primals, tangents):
+def _radial_grad_sum_jvp(value, primals, tangents):
     # the value through _radial_grad_sum itself, so that higher orders use this rule too
-    _, dout = jax.jvp(lambda *a: _radial_grad_terms(*a, mask=False), primals, tangents)
-    return _radial_grad_sum(*primals), dout
+    unmasked = lambda *a: _radial_grad_terms(*a, mask=False, value=value)
+    _, dout = jax.jvp(unmasked, primals, tangents)
+    return _radial_grad_sum(*primals, value), dout
 
 
 class Kernel:
@@ -394,7 +405,8 @@ class RadialKernel(Kernel):
         With them :meth:`hess_block` forms one array per tile, ``phi(s)``, and scales its two
         GEMMs' results, instead of forming ``phi'(s)`` and ``phi''(s)`` (which XLA materializes
         as separate arrays): the Gaussian's cross-Hessian sum 1.2-1.35x faster at d = 2 and 3,
-        n = m = 4k / 16k, on 2 Xeon cores (benchmarks/RESULTS.md, session 10).
+        n = m = 4k / 16k, on 2 Xeon cores (benchmarks/RESULTS.md, session 10). The closed-form
+        :meth:`value_grad_block` takes its ``phi'(s)`` from ``phi(s)`` the same way.
 
         Returns:
           Two scalars, or ``None``.
@@ -428,13 +440,11 @@ class RadialKernel(Kernel):
 
     def value_grad_block(self, x, y, w):
         """:meth:`Kernel.value_grad_block` with one squared-distance tile for both sums (on the
-        points :meth:`grad_block` centres), so that XLA evaluates shared work such as the
-        Gaussian's ``exp`` once per pair."""
+        points :meth:`grad_block` centres) and, with :meth:`profile_ratios`, one kernel array
+        (the Gaussian's ``exp`` once per pair)."""
         if x.shape[-1] <= DIRECT_MAX_D and not self.closed_form_grad:
             return super().value_grad_block(x, y, w)
-        x, y = centred(x, y)
-        v = jnp.matmul(self.gram_block(x, y), w, precision=HIGHEST)
-        return jnp.concatenate([v[:, :, None], _radial_grad_sum(self, x, y, w)], axis=-1)
+        return _radial_grad_sum(self, *centred(x, y), w, True)
 
     def _grad_block_pairwise(self, x, y, w):
         """:meth:`grad_block` from ``[n, m]`` differences, one GEMM per coordinate.
