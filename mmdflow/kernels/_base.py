@@ -107,13 +107,16 @@ def _by_coordinate(y: jax.Array) -> jax.Array:
     """``y [m, d]`` as a materialized ``[d, m]`` array, for the per-pair reads of ``y[:, a]``.
 
     In a ``[rows, m]`` pair loop, ``y[:, a]`` read from the row-major ``[m, d]`` array is a
-    stride-``d`` access per pair; from ``[d, m]`` a contiguous one. The barrier makes XLA
-    materialize the transpose (``m d`` values, once per tile or hoisted out of the loop)
-    instead of fusing it into the pair loop. On 2 cores of a Xeon (Emerald Rapids), d = 2 and
-    3, n = m = 4k and 16k: matvec and gradient sums 1.6-2x faster (benchmarks/RESULTS.md,
-    session 10).
+    stride-``d`` access per pair; from ``[d, m]`` a contiguous one. A plain transpose is fused
+    into the pair loop (strided again), and XLA:CPU drops an ``optimization_barrier`` in a
+    single tile; a reduction is not fused into its consumers, so the transpose is computed as
+    ``sum_b [a == b] y[:, b]`` (exact: no products, ``inf`` stays ``inf``; ``m d^2`` adds,
+    once per tile or hoisted out of the loop). On 2 cores of a Xeon (Emerald Rapids), d = 2
+    and 3: matvec and gradient sums 1.6-2x faster at n = m = 4k and 16k, 1.3-1.7x in one
+    1,000 x 1,000 tile (benchmarks/RESULTS.md, session 10).
     """
-    return jax.lax.optimization_barrier(y.T)
+    pick = jnp.eye(y.shape[1], dtype=bool)[:, :, None]  # [d, d, 1]
+    return jnp.sum(jnp.where(pick, y.T[None], jnp.zeros((), y.dtype)), axis=1)
 
 
 def sqdist(x: jax.Array, y: jax.Array) -> jax.Array:
